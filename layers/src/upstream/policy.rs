@@ -1,0 +1,331 @@
+//! Upstream groups and how they choose.
+
+use std::{
+    str::FromStr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
+use arc_swap::ArcSwap;
+
+use super::{
+    backend::{Backend, BackendUrl, BackendUrlError},
+    hash::{mix, stable_hash},
+};
+
+/// How an [`Upstream`] picks a backend for a new socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Each backend in turn.
+    #[default]
+    RoundRobin,
+    /// In turn, in proportion to the weights, interleaved (nginx's smooth weighted order).
+    WeightedRoundRobin,
+    /// The backend with the fewest open sockets (ties: the first in order).
+    LeastConnections,
+    /// Power of two choices: the less loaded of two random backends.
+    P2c,
+    /// Uniformly at random.
+    Random,
+    /// Rendezvous hashing of the request's [`StickyKey`](super::StickyKey): the same key
+    /// goes to the same backend in every wsgate instance, and adding or removing one of N
+    /// backends moves about 1/N of the keys. Without a key it behaves as `Random`.
+    ConsistentHash,
+}
+
+impl FromStr for Policy {
+    type Err = UpstreamError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "round_robin" => Self::RoundRobin,
+            "weighted_round_robin" => Self::WeightedRoundRobin,
+            "least_connections" => Self::LeastConnections,
+            "p2c" => Self::P2c,
+            "random" => Self::Random,
+            "consistent_hash" => Self::ConsistentHash,
+            other => return Err(UpstreamError::UnknownPolicy(other.to_string())),
+        })
+    }
+}
+
+/// Why an upstream could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// A backend address did not parse.
+    #[error(transparent)]
+    Url(#[from] BackendUrlError),
+    /// The group has no backends.
+    #[error("an upstream needs at least one backend")]
+    Empty,
+    /// `weights` does not match `backends`.
+    #[error("{weights} weights given for {backends} backends")]
+    Weights {
+        /// how many weights
+        weights: usize,
+        /// how many backends
+        backends: usize,
+    },
+    /// Not one of the policy names.
+    #[error("unknown policy `{0}` (round_robin, weighted_round_robin, least_connections, p2c, random, consistent_hash)")]
+    UnknownPolicy(String),
+}
+
+/// The backends of a group at one moment, swapped whole on reload.
+#[derive(Debug)]
+struct BackendSet {
+    backends: Vec<Arc<Backend>>,
+    /// Smooth weighted round-robin order, computed once per set so choosing is one
+    /// atomic increment and an index.
+    weighted_order: Vec<u32>,
+}
+
+impl BackendSet {
+    fn new(backends: Vec<Arc<Backend>>) -> Self {
+        let weighted_order = smooth_weighted_order(&backends);
+        Self {
+            backends,
+            weighted_order,
+        }
+    }
+}
+
+/// nginx's smooth weighted round robin, unrolled once: weights 5,1,1 give
+/// a a b a c a a rather than a a a a a b c.
+fn smooth_weighted_order(backends: &[Arc<Backend>]) -> Vec<u32> {
+    let total: i64 = backends.iter().map(|b| i64::from(b.weight())).sum();
+    // Cap the unrolled cycle so absurd weights cannot allocate without bound.
+    let len = total.clamp(1, 10_000) as usize;
+    let mut current = vec![0i64; backends.len()];
+    let mut order = Vec::with_capacity(len);
+    for _ in 0..len {
+        let mut best = 0;
+        for (i, b) in backends.iter().enumerate() {
+            current[i] += i64::from(b.weight());
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        order.push(best as u32);
+    }
+    order
+}
+
+/// A named group of backends and the policy that chooses among them.
+#[derive(Debug)]
+pub struct Upstream {
+    name: String,
+    policy: Policy,
+    set: ArcSwap<BackendSet>,
+    cursor: AtomicUsize,
+}
+
+impl Upstream {
+    /// A group of equally weighted backends.
+    pub fn new<I, S>(name: impl Into<String>, policy: Policy, urls: I) -> Result<Self, UpstreamError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let backends = urls
+            .into_iter()
+            .map(|u| Ok(Arc::new(Backend::new(BackendUrl::parse(u.as_ref())?))))
+            .collect::<Result<Vec<_>, UpstreamError>>()?;
+        Self::from_backends(name, policy, backends)
+    }
+
+    /// A group of already built backends (shared with other groups, or weighted).
+    pub fn from_backends(
+        name: impl Into<String>,
+        policy: Policy,
+        backends: Vec<Arc<Backend>>,
+    ) -> Result<Self, UpstreamError> {
+        if backends.is_empty() {
+            return Err(UpstreamError::Empty);
+        }
+        Ok(Self {
+            name: name.into(),
+            policy,
+            set: ArcSwap::from_pointee(BackendSet::new(backends)),
+            cursor: AtomicUsize::new(0),
+        })
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The group's policy.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+    /// The current backends.
+    pub fn backends(&self) -> Vec<Arc<Backend>> {
+        self.set.load().backends.clone()
+    }
+    /// Replaces the backends atomically; sockets already open are not touched.
+    pub fn replace_backends(&self, backends: Vec<Arc<Backend>>) -> Result<(), UpstreamError> {
+        if backends.is_empty() {
+            return Err(UpstreamError::Empty);
+        }
+        self.set.store(Arc::new(BackendSet::new(backends)));
+        Ok(())
+    }
+
+    /// The available backends in the order to try them: the policy's choice first, then
+    /// the fail-over order. Empty when none is healthy.
+    ///
+    /// `key` is the sticky key, used by [`Policy::ConsistentHash`].
+    pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Backend>> {
+        let set = self.set.load();
+        let all = &set.backends;
+        let n = all.len();
+        let available = |i: &usize| all[*i].is_available();
+        let order: Vec<usize> = match (self.policy, key) {
+            (Policy::ConsistentHash, Some(key)) => rendezvous_order(all, key),
+            (Policy::LeastConnections, _) => {
+                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                let mut idx: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+                // Stable sort on load keeps the rotation among equally loaded backends, so
+                // a burst of new sockets spreads instead of all landing on backend 0.
+                idx.sort_by_key(|i| all[*i].active());
+                idx
+            }
+            (Policy::P2c, _) => {
+                let mut idx = rotation(fastrand::usize(..n), n);
+                if n >= 2 {
+                    let a = idx[0];
+                    let b = idx[1 + fastrand::usize(..n - 1)];
+                    if all[b].active() < all[a].active() {
+                        idx.retain(|i| *i != b);
+                        idx.insert(0, b);
+                    }
+                }
+                idx
+            }
+            (Policy::Random, _) | (Policy::ConsistentHash, None) => {
+                rotation(fastrand::usize(..n), n)
+            }
+            (Policy::WeightedRoundRobin, _) => {
+                let k = self.cursor.fetch_add(1, Ordering::Relaxed);
+                let first = set.weighted_order[k % set.weighted_order.len()] as usize;
+                rotation(first, n)
+            }
+            (Policy::RoundRobin, _) => {
+                rotation(self.cursor.fetch_add(1, Ordering::Relaxed) % n, n)
+            }
+        };
+        order
+            .into_iter()
+            .filter(available)
+            .map(|i| all[i].clone())
+            .collect()
+    }
+}
+
+fn rotation(start: usize, n: usize) -> Vec<usize> {
+    (0..n).map(|i| (start + i) % n).collect()
+}
+
+/// Backends ordered by weighted rendezvous score for `key` (highest first).
+fn rendezvous_order(all: &[Arc<Backend>], key: &[u8]) -> Vec<usize> {
+    let kh = stable_hash(key);
+    let mut scored: Vec<(f64, usize)> = all
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let h = mix(kh ^ stable_hash(b.url().to_string().as_bytes()));
+            // Map to (0,1], then the weighted rendezvous score -w / ln(u).
+            let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            (-f64::from(b.weight()) / u.ln(), i)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.into_iter().map(|(_, i)| i).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(policy: Policy, n: usize) -> Upstream {
+        Upstream::new(
+            "t",
+            policy,
+            (0..n).map(|i| format!("ws://127.0.0.1:{}", 9000 + i)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_robin_spreads_evenly_and_skips_unhealthy() {
+        let up = group(Policy::RoundRobin, 3);
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            let c = up.candidates(None);
+            counts[(c[0].url().port() - 9000) as usize] += 1;
+        }
+        assert_eq!(counts, [100, 100, 100]);
+        up.backends()[1].set_healthy(false);
+        for _ in 0..10 {
+            let c = up.candidates(None);
+            assert_eq!(c.len(), 2);
+            assert!(c.iter().all(|b| b.url().port() != 9001));
+        }
+    }
+
+    #[test]
+    fn weighted_is_smooth_and_proportional() {
+        let bs = (0..3)
+            .map(|i| {
+                Arc::new(Backend::with_weight(
+                    BackendUrl::parse(&format!("ws://h:{}", 1 + i)).unwrap(),
+                    [5, 1, 1][i],
+                ))
+            })
+            .collect();
+        let up = Upstream::from_backends("w", Policy::WeightedRoundRobin, bs).unwrap();
+        let picks: Vec<u16> = (0..7).map(|_| up.candidates(None)[0].url().port()).collect();
+        assert_eq!(picks.iter().filter(|p| **p == 1).count(), 5);
+        assert_ne!(picks[..5], [1, 1, 1, 1, 1], "not smooth: {picks:?}");
+    }
+
+    #[test]
+    fn least_connections_prefers_idle_backend() {
+        let up = group(Policy::LeastConnections, 3);
+        let bs = up.backends();
+        let _g = (bs[0].track(), bs[1].track());
+        for _ in 0..5 {
+            assert_eq!(up.candidates(None)[0].url().port(), 9002);
+        }
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_and_moves_few_keys() {
+        let a = group(Policy::ConsistentHash, 10);
+        let b = group(Policy::ConsistentHash, 11);
+        let mut moved = 0;
+        for k in 0..10_000u32 {
+            let key = k.to_be_bytes();
+            let x = a.candidates(Some(&key))[0].url().port();
+            assert_eq!(x, a.candidates(Some(&key))[0].url().port());
+            if x != b.candidates(Some(&key))[0].url().port() {
+                moved += 1;
+            }
+        }
+        // Ideal is 1/11 of the keys (909); allow sampling noise.
+        assert!((700..1150).contains(&moved), "moved {moved}");
+    }
+
+    #[test]
+    fn no_healthy_backend_gives_no_candidate() {
+        let up = group(Policy::RoundRobin, 2);
+        for b in up.backends() {
+            b.set_healthy(false);
+        }
+        assert!(up.candidates(None).is_empty());
+    }
+}
