@@ -43,7 +43,9 @@
 #![deny(unsafe_code)]
 
 pub mod client_ip;
+pub mod jwt;
 pub mod lease;
+pub mod ratelimit;
 pub mod response_future;
 pub mod upstream;
 

@@ -1,0 +1,1 @@
+//! JWT authentication for WebSocket routes (work in progress).

@@ -1,0 +1,1 @@
+//! Per-IP rate and connection limits (work in progress).
