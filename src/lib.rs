@@ -1,1 +1,11 @@
 //! wsgate
+mod admin;
+pub mod config;
+pub mod demo;
+pub mod error;
+mod handshake;
+pub mod metrics;
+pub mod proxy;
+pub mod relay;
+pub mod server;
+pub mod upstream;

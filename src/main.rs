@@ -1,1 +1,226 @@
-fn main(){}
+//! The `wsgate` command line: parse, load the config, run. Errors end here as `anyhow`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use wsgate::{config::Config, demo, server};
+
+/// A WebSocket reverse proxy made of Tower layers.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// The TOML configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+    /// Quick mode: listen here (repeatable), with --backend.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Quick mode: a ws:// or wss:// backend (repeatable); round-robin over them.
+    #[arg(long, value_name = "URL")]
+    backend: Vec<String>,
+    /// Quick mode: the WebSocket route's path.
+    #[arg(long, default_value = "/ws")]
+    path: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run wsgate in front of two built-in echo backends, with a page to try it.
+    Demo {
+        /// Client listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin listener (metrics, status page).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+    },
+    /// Run an echo backend (answers `whoami` with its name).
+    Echo {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        /// The name `whoami` answers.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Open a WebSocket, send each MESSAGE (or stdin's lines), print the replies.
+    Client {
+        /// ws:// or wss:// URL.
+        url: String,
+        /// Messages to send; none: read lines from stdin.
+        messages: Vec<String>,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Client { url, messages }) => return client(&url, messages).await,
+        _ => init_logs(cli.log_format),
+    }
+    match cli.command {
+        Some(Command::Demo { listen, admin }) => run_demo(listen, admin).await,
+        Some(Command::Echo { listen, name }) => {
+            let l = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let name = name.unwrap_or_else(|| format!("echo {listen}"));
+            eprintln!("echo backend `{name}` on ws://{listen}");
+            let stop = CancellationToken::new();
+            let s = stop.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                s.cancel();
+            });
+            demo::echo_backend(l, name, stop).await;
+            Ok(())
+        }
+        Some(Command::Client { .. }) => Ok(()),
+        None => run_proxy(cli).await,
+    }
+}
+
+async fn run_proxy(cli: Cli) -> Result<()> {
+    let cfg = match (&cli.config, cli.backend.is_empty()) {
+        (Some(path), true) => Config::load(path)?,
+        (Some(_), false) => bail!("--config and --backend do not mix: put the backends in the file"),
+        (None, false) => {
+            let listen = if cli.listen.is_empty() {
+                vec![SocketAddr::from(([127, 0, 0, 1], 8080))]
+            } else {
+                cli.listen.clone()
+            };
+            Config::quick(listen, cli.backend.clone(), &cli.path)?
+        }
+        (None, true) => bail!(
+            "nothing to do: give --config FILE, or --backend URL for quick mode, or try `wsgate demo`"
+        ),
+    };
+    if cli.check {
+        println!(
+            "{}: ok ({} upstream(s), {} route(s))",
+            cli.config
+                .as_ref()
+                .map_or("<command line>".into(), |p| p.display().to_string()),
+            cfg.upstream.len(),
+            cfg.route.len()
+        );
+        return Ok(());
+    }
+    let running = server::start(&cfg).await?;
+    for a in &running.listen {
+        eprintln!("wsgate: proxying WebSockets on {a}");
+    }
+    wait_for_signal().await;
+    eprintln!("wsgate: shutting down (a second signal exits at once)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        std::process::exit(130);
+    });
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn run_demo(listen: SocketAddr, admin: SocketAddr) -> Result<()> {
+    let d = demo::start_demo(listen, Some(admin)).await?;
+    let gate = d.gate.listen[0];
+    println!();
+    println!("  wsgate demo is running: two echo backends behind ws://{gate}/ws (round-robin)");
+    println!();
+    println!("  open in a browser:   http://{gate}/");
+    println!("  or from a terminal:  cargo run --release -- client ws://{gate}/ws whoami hello");
+    if let Some(a) = d.gate.admin {
+        println!("  status page:         http://{a}/   (metrics: http://{a}/metrics)");
+    }
+    println!();
+    println!("  Ctrl-C to stop.");
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        std::process::exit(130);
+    });
+    d.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn client(url: &str, messages: Vec<String>) -> Result<()> {
+    let (mut ws, resp) = tokio_tungstenite::connect_async(url)
+        .await
+        .with_context(|| format!("cannot open {url}"))?;
+    eprintln!("connected: {}", resp.status());
+    let lines: Vec<String> = if messages.is_empty() {
+        std::io::stdin().lines().map_while(Result::ok).collect()
+    } else {
+        messages
+    };
+    for m in lines {
+        ws.send(Message::text(m.clone())).await?;
+        println!("> {m}");
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => println!("< {t}"),
+            Ok(Some(Ok(Message::Binary(b)))) => println!("< ({} bytes binary)", b.len()),
+            Ok(Some(Ok(Message::Close(c)))) => {
+                println!("closed by server: {c:?}");
+                return Ok(());
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => bail!("socket error: {e}"),
+            Ok(None) => bail!("server closed the connection"),
+            Err(_) => bail!("no reply within 5 s"),
+        }
+    }
+    ws.close(None).await?;
+    Ok(())
+}

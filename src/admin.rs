@@ -1,0 +1,169 @@
+//! The admin listener: metrics, health, readiness and a live status page.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use axum::{
+    extract::State,
+    response::{Html, IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+use wsgate_layers::Upstream;
+
+use crate::metrics::{Metrics, Outcome};
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Arc<Metrics>,
+    upstreams: Vec<Arc<Upstream>>,
+    ready: Arc<AtomicBool>,
+}
+
+/// The admin router.
+pub(crate) fn router(
+    metrics: Arc<Metrics>,
+    upstreams: Vec<Arc<Upstream>>,
+    ready: Arc<AtomicBool>,
+) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(STATUS_PAGE) }))
+        .route("/metrics", get(metrics_text))
+        .route("/status.json", get(status_json))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState {
+            metrics,
+            upstreams,
+            ready,
+        })
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> Response {
+    let mut extra = String::from(
+        "# HELP wsgate_backend_connections_active Open sockets per backend.\n# TYPE wsgate_backend_connections_active gauge\n",
+    );
+    let mut health = String::from(
+        "# HELP wsgate_backend_healthy 1 when the backend takes new sockets.\n# TYPE wsgate_backend_healthy gauge\n",
+    );
+    for u in &s.upstreams {
+        for b in u.backends() {
+            extra.push_str(&format!(
+                "wsgate_backend_connections_active{{upstream=\"{}\",backend=\"{}\"}} {}\n",
+                u.name(),
+                b.url(),
+                b.active()
+            ));
+            health.push_str(&format!(
+                "wsgate_backend_healthy{{upstream=\"{}\",backend=\"{}\"}} {}\n",
+                u.name(),
+                b.url(),
+                u8::from(b.is_available())
+            ));
+        }
+    }
+    extra.push_str(&health);
+    let mut resp = s.metrics.render(&extra).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
+
+#[derive(Serialize)]
+struct Status {
+    active: i64,
+    handshakes_ok: u64,
+    handshakes_failed: u64,
+    upstreams: Vec<UpstreamStatus>,
+}
+
+#[derive(Serialize)]
+struct UpstreamStatus {
+    name: String,
+    backends: Vec<BackendStatus>,
+}
+
+#[derive(Serialize)]
+struct BackendStatus {
+    url: String,
+    healthy: bool,
+    draining: bool,
+    active: usize,
+}
+
+async fn status_json(State(s): State<AdminState>) -> Json<Status> {
+    let failed = [
+        Outcome::AuthFailed,
+        Outcome::Forbidden,
+        Outcome::RateLimited,
+        Outcome::TooManyConnections,
+        Outcome::NoBackend,
+        Outcome::UpstreamFailed,
+        Outcome::UpstreamRefused,
+        Outcome::BadRequest,
+    ]
+    .iter()
+    .map(|o| s.metrics.handshakes(*o))
+    .sum();
+    Json(Status {
+        active: s.metrics.active(),
+        handshakes_ok: s.metrics.handshakes(Outcome::Ok),
+        handshakes_failed: failed,
+        upstreams: s
+            .upstreams
+            .iter()
+            .map(|u| UpstreamStatus {
+                name: u.name().to_string(),
+                backends: u
+                    .backends()
+                    .iter()
+                    .map(|b| BackendStatus {
+                        url: b.url().to_string(),
+                        healthy: b.is_healthy(),
+                        draining: b.is_draining(),
+                        active: b.active(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+const STATUS_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>wsgate status</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}.up{color:#070}.down{color:#b00}</style>
+</head><body>
+<h1>wsgate</h1>
+<p>Open sockets: <b id="active">…</b> · handshakes ok: <b id="ok">…</b> · refused or failed: <b id="failed">…</b></p>
+<table><thead><tr><th>upstream</th><th>backend</th><th>health</th><th>open sockets</th></tr></thead><tbody id="backends"></tbody></table>
+<script>
+async function refresh(){
+  try{
+    const s = await (await fetch('/status.json')).json();
+    document.getElementById('active').textContent = s.active;
+    document.getElementById('ok').textContent = s.handshakes_ok;
+    document.getElementById('failed').textContent = s.handshakes_failed;
+    const rows = [];
+    for (const u of s.upstreams) for (const b of u.backends) {
+      const h = b.draining ? 'draining' : (b.healthy ? 'healthy' : 'down');
+      rows.push(`<tr><td>${u.name}</td><td>${b.url}</td><td class="${b.healthy?'up':'down'}">${h}</td><td>${b.active}</td></tr>`);
+    }
+    document.getElementById('backends').innerHTML = rows.join('');
+  }catch(e){}
+}
+refresh(); setInterval(refresh, 1000);
+</script></body></html>"#;

@@ -1,0 +1,566 @@
+//! The TOML configuration: its shape, loading and validation.
+//!
+//! The keys are a contract with users (see the README's config reference): every key
+//! works as documented, unknown keys are errors that name them, and a file that fails
+//! validation starts nothing. Durations are strings such as `"250ms"`, `"30s"`, `"5m"`;
+//! sizes such as `"64KiB"`, `"16MiB"` (a bare number is bytes).
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use wsgate_layers::upstream::{BackendUrl, Policy};
+
+/// A configuration problem, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    /// The file (or `<built-in>` / `<command line>`).
+    pub file: String,
+    /// The key, e.g. `upstream[0].backends[1]`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[[upstream]]`
+    #[serde(default)]
+    pub upstream: Vec<UpstreamConfig>,
+    /// `[[route]]`
+    #[serde(default)]
+    pub route: Vec<RouteConfig>,
+}
+
+/// One address or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// `listen = "…"`
+    One(T),
+    /// `listen = ["…", "…"]`
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    /// All values.
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            Self::One(t) => vec![t.clone()],
+            Self::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Client listeners.
+    #[serde(default = "default_listen")]
+    pub listen: OneOrMany<SocketAddr>,
+    /// Admin listener: `/metrics`, `/healthz`, `/readyz`, status page.
+    pub admin: Option<SocketAddr>,
+    /// Peers whose forwarding headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Expect the PROXY protocol (v1 or v2) on the client listeners.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// TLS termination.
+    pub tls: Option<TlsConfig>,
+    /// Time a client has to send its complete handshake request.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+    /// On SIGTERM/SIGINT, how long open sockets get before wsgate closes them (1001).
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_timeout: HumanDuration,
+    /// Read buffer per direction of a busy socket (idle sockets hold none).
+    #[serde(default = "default_buffer")]
+    pub buffer_size: ByteSize,
+    /// Once a close handshake starts, how long the peers get to finish it.
+    #[serde(default = "default_close_timeout")]
+    pub close_timeout: HumanDuration,
+}
+
+fn default_listen() -> OneOrMany<SocketAddr> {
+    OneOrMany::One(SocketAddr::from(([127, 0, 0, 1], 8080)))
+}
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_shutdown_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_close_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_buffer() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            admin: None,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            tls: None,
+            handshake_timeout: default_handshake_timeout(),
+            shutdown_timeout: default_shutdown_grace(),
+            buffer_size: default_buffer(),
+            close_timeout: default_close_timeout(),
+        }
+    }
+}
+
+/// `server.tls`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[[upstream]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name routes refer to.
+    pub name: String,
+    /// `ws://` or `wss://` backend addresses.
+    pub backends: Vec<String>,
+    /// Selection policy.
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// Weights for `weighted_round_robin` (and weighted `consistent_hash`).
+    pub weights: Option<Vec<u32>>,
+    /// Sticky sessions.
+    pub sticky: Option<StickyConfig>,
+    /// Active health checks.
+    pub health: Option<toml::Table>,
+    /// Upstream TCP connect (and TLS) timeout.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Time the backend has to answer the upgrade once connected.
+    #[serde(default = "default_upstream_handshake")]
+    pub handshake_timeout: HumanDuration,
+    /// Connection pool.
+    pub pool: Option<toml::Table>,
+    /// Extra PEM CA certificates trusted for `wss://` backends (besides the system roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_policy() -> String {
+    "round_robin".into()
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3))
+}
+fn default_upstream_handshake() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+/// `upstream.sticky`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyConfig {
+    /// `cookie`, `claim:NAME`, `header:NAME` or `ip`.
+    pub by: String,
+}
+
+/// `[[route]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Exact path, or a prefix ending in `/*`.
+    pub path: String,
+    /// The `[[upstream]]` it proxies to.
+    pub upstream: String,
+    /// `Origin` allow-list (absent: any origin).
+    pub origins: Option<Vec<String>>,
+    /// Largest message either side may send (close 1009 beyond).
+    #[serde(default = "default_max_message")]
+    pub max_message: ByteSize,
+    /// Close sockets silent this long in both directions (1001).
+    pub idle_timeout: Option<HumanDuration>,
+    /// `[route.jwt]`
+    pub jwt: Option<toml::Table>,
+    /// `[route.rate_limit]`
+    pub rate_limit: Option<toml::Table>,
+}
+
+fn default_max_message() -> ByteSize {
+    ByteSize(16 << 20)
+}
+
+/// A duration written as `"250ms"`, `"30s"`, `"5m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a duration ({e}); write e.g. \"250ms\", \"30s\", \"5m\""
+                ))
+            })
+    }
+}
+
+/// A size written as `"64KiB"`, `"16MiB"`, `"1GiB"` or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"64KiB"`, `"16 MiB"`, `"1GiB"`, `"100KB"` (decimal), `"512"`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => return None,
+        };
+        n.checked_mul(mult).map(ByteSize)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a size; write e.g. \"64KiB\", \"16MiB\""
+                ))
+            }),
+        }
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0)
+    }
+}
+
+/// Where a route matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutePath {
+    /// This path only.
+    Exact(String),
+    /// This prefix and everything below it (`"/chat/*"` → `/chat` and `/chat/...`).
+    Prefix(String),
+}
+
+impl RoutePath {
+    fn parse(p: &str) -> Result<Self, String> {
+        if !p.starts_with('/') {
+            return Err(format!("`{p}` must start with /"));
+        }
+        if p.contains(['?', '#', ' ']) || p.contains("/../") || p.contains("/./") {
+            return Err(format!("`{p}` is not a plain path"));
+        }
+        match p.strip_suffix("/*") {
+            Some(prefix) if !prefix.contains('*') => Ok(Self::Prefix(prefix.to_string())),
+            _ if p.contains('*') => Err(format!(
+                "`{p}`: only a trailing /* is allowed (\"/chat/*\")"
+            )),
+            _ => Ok(Self::Exact(p.to_string())),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: origin.to_string(),
+            key: e
+                .span()
+                .map(|s| key_at(text, s.start))
+                .unwrap_or_else(|| "(syntax)".into()),
+            message: e.message().to_string(),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// A one-route configuration for `wsgate --listen … --backend …`.
+    pub fn quick(listen: Vec<SocketAddr>, backends: Vec<String>, path: &str) -> Result<Self, ConfigError> {
+        let cfg = Config {
+            server: ServerConfig {
+                listen: OneOrMany::Many(listen),
+                ..ServerConfig::default()
+            },
+            upstream: vec![UpstreamConfig {
+                name: "default".into(),
+                backends,
+                policy: default_policy(),
+                weights: None,
+                sticky: None,
+                health: None,
+                connect_timeout: default_connect_timeout(),
+                handshake_timeout: default_upstream_handshake(),
+                pool: None,
+                ca_file: None,
+            }],
+            route: vec![RouteConfig {
+                path: path.into(),
+                upstream: "default".into(),
+                origins: None,
+                max_message: default_max_message(),
+                idle_timeout: None,
+                jwt: None,
+                rate_limit: None,
+            }],
+        };
+        cfg.validate("<command line>")?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: String, message: String| ConfigError {
+            file: file.to_string(),
+            key,
+            message,
+        };
+        if self.server.listen.to_vec().is_empty() {
+            return Err(err("server.listen".into(), "needs at least one address".into()));
+        }
+        if self.server.buffer_size.0 < 1024 || self.server.buffer_size.0 > 16 << 20 {
+            return Err(err(
+                "server.buffer_size".into(),
+                "must be between 1KiB and 16MiB".into(),
+            ));
+        }
+        if self.server.proxy_protocol {
+            return Err(err(
+                "server.proxy_protocol".into(),
+                "PROXY protocol listeners are not implemented yet (planned); remove the key".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, u) in self.upstream.iter().enumerate() {
+            let k = |s: &str| format!("upstream[{i}].{s}");
+            if u.name.is_empty() {
+                return Err(err(k("name"), "must not be empty".into()));
+            }
+            if !names.insert(u.name.as_str()) {
+                return Err(err(k("name"), format!("`{}` is defined twice", u.name)));
+            }
+            if u.backends.is_empty() {
+                return Err(err(k("backends"), "needs at least one backend".into()));
+            }
+            for (j, b) in u.backends.iter().enumerate() {
+                BackendUrl::parse(b).map_err(|e| err(k(&format!("backends[{j}]")), e.to_string()))?;
+            }
+            u.policy
+                .parse::<Policy>()
+                .map_err(|e| err(k("policy"), e.to_string()))?;
+            if let Some(w) = &u.weights {
+                if w.len() != u.backends.len() {
+                    return Err(err(
+                        k("weights"),
+                        format!("{} weights for {} backends", w.len(), u.backends.len()),
+                    ));
+                }
+                if w.iter().any(|w| *w == 0) {
+                    return Err(err(k("weights"), "weights must be at least 1".into()));
+                }
+            }
+            if u.sticky.is_some() {
+                return Err(err(
+                    k("sticky"),
+                    "sticky sessions are not implemented yet (planned); remove the key".into(),
+                ));
+            }
+            if u.health.is_some() {
+                return Err(err(
+                    k("health"),
+                    "active health checks are not implemented yet (planned); remove the key".into(),
+                ));
+            }
+            if u.pool.is_some() {
+                return Err(err(
+                    k("pool"),
+                    "the warm connection pool is not implemented yet (planned); remove the key".into(),
+                ));
+            }
+            if u.connect_timeout.0.is_zero() {
+                return Err(err(k("connect_timeout"), "must be more than 0".into()));
+            }
+        }
+        let mut paths: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, r) in self.route.iter().enumerate() {
+            let k = |s: &str| format!("route[{i}].{s}");
+            RoutePath::parse(&r.path).map_err(|m| err(k("path"), m))?;
+            if let Some(prev) = paths.insert(r.path.clone(), i) {
+                return Err(err(k("path"), format!("`{}` is also route[{prev}]'s path", r.path)));
+            }
+            if !names.contains(r.upstream.as_str()) {
+                return Err(err(
+                    k("upstream"),
+                    format!("no [[upstream]] is named `{}`", r.upstream),
+                ));
+            }
+            if r.max_message.0 == 0 {
+                return Err(err(k("max_message"), "must be more than 0".into()));
+            }
+            if let Some(origins) = &r.origins {
+                for (j, o) in origins.iter().enumerate() {
+                    if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                        return Err(err(
+                            k(&format!("origins[{j}]")),
+                            format!("`{o}` is not an origin (scheme://host[:port])"),
+                        ));
+                    }
+                }
+            }
+            if r.jwt.is_some() {
+                return Err(err(
+                    k("jwt"),
+                    "JWT checks are not wired into the proxy yet (planned); remove the section".into(),
+                ));
+            }
+            if r.rate_limit.is_some() {
+                return Err(err(
+                    k("rate_limit"),
+                    "rate limits are not wired into the proxy yet (planned); remove the section".into(),
+                ));
+            }
+        }
+        if self.route.is_empty() {
+            return Err(err("route".into(), "needs at least one [[route]]".into()));
+        }
+        Ok(())
+    }
+
+    /// The route's parsed path.
+    pub fn route_path(route: &RouteConfig) -> RoutePath {
+        RoutePath::parse(&route.path).unwrap_or(RoutePath::Exact(route.path.clone()))
+    }
+}
+
+/// The dotted key whose line holds byte `offset` of `text`, best effort: the section
+/// header above it plus the key on that line.
+fn key_at(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_no = before.matches('\n').count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split('=').next().unwrap_or("").trim();
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let l = l.trim();
+            l.starts_with('[').then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
+        });
+    let mut out = match (section, key.starts_with('[')) {
+        (_, true) => key.trim_matches(|c| c == '[' || c == ']').to_string(),
+        (Some(s), false) if !key.is_empty() => format!("{s}.{key}"),
+        (None, false) if !key.is_empty() => key.to_string(),
+        (s, _) => s.unwrap_or_default(),
+    };
+    out.push_str(&format!(" (line {line_no})"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[[upstream]]
+name = "echo"
+backends = ["ws://127.0.0.1:9001", "ws://127.0.0.1:9002"]
+policy = "round_robin"
+
+[[route]]
+path = "/ws"
+upstream = "echo"
+max_message = "1MiB"
+idle_timeout = "5m"
+"#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.route[0].max_message, ByteSize(1 << 20));
+        assert_eq!(c.route[0].idle_timeout, Some(HumanDuration(Duration::from_secs(300))));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = Config::parse(&GOOD.replace("policy", "polcy"), "t.toml").unwrap_err();
+        assert_eq!(e.file, "t.toml");
+        assert!(e.key.contains("polcy") || e.message.contains("polcy"), "{e}");
+        let e = Config::parse(&GOOD.replace("\"5m\"", "\"5 parsecs\""), "t.toml").unwrap_err();
+        assert!(e.key.contains("idle_timeout"), "{e}");
+        let e = Config::parse(&GOOD.replace("upstream = \"echo\"", "upstream = \"nope\""), "t.toml")
+            .unwrap_err();
+        assert_eq!(e.key, "route[0].upstream");
+        let e = Config::parse(&GOOD.replace("ws://127.0.0.1:9002", "http://x"), "t.toml").unwrap_err();
+        assert_eq!(e.key, "upstream[0].backends[1]");
+    }
+
+    #[test]
+    fn sizes_and_paths() {
+        assert_eq!(ByteSize::parse("64KiB"), Some(ByteSize(65536)));
+        assert_eq!(ByteSize::parse("16 MiB"), Some(ByteSize(16 << 20)));
+        assert_eq!(ByteSize::parse("12 parsecs"), None);
+        assert_eq!(ByteSize::parse("99999999999999999999GiB"), None);
+        assert_eq!(RoutePath::parse("/chat/*"), Ok(RoutePath::Prefix("/chat".into())));
+        assert!(RoutePath::parse("chat").is_err());
+        assert!(RoutePath::parse("/a/*/b").is_err());
+    }
+}

@@ -1,0 +1,482 @@
+//! The WebSocket opening handshake, both halves.
+//!
+//! The client's upgrade request is checked here ([`check_client`]), turned into the
+//! request wsgate sends the backend ([`upstream_request`]), and the backend's answer is
+//! parsed and checked ([`parse_upstream_response`]) before the client gets its own 101.
+//! wsgate forwards the client's `Sec-WebSocket-Key` so the backend's accept value is the
+//! one the client expects; the subprotocol and extensions are whatever the backend chose
+//! from the client's offer, so both are negotiated end to end.
+
+use std::net::{IpAddr, SocketAddr};
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use sha1::{Digest, Sha1};
+
+use crate::error::HandshakeRejection;
+
+/// The GUID of RFC 6455 §1.3.
+const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Largest backend handshake response wsgate reads.
+pub(crate) const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+/// What a valid client upgrade request offered.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientHandshake {
+    pub(crate) key: HeaderValue,
+    pub(crate) protocols: Vec<String>,
+    /// The client's `permessage-deflate` offers, forwarded as they are.
+    pub(crate) extensions: Vec<HeaderValue>,
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
+pub(crate) fn accept_key(key: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(WS_GUID);
+    STANDARD.encode(h.finalize())
+}
+
+/// True if a comma-separated header has `token` (case-insensitive) among its values.
+pub(crate) fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Checks a client's upgrade request (RFC 6455 §4.2.1).
+pub(crate) fn check_client(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<ClientHandshake, HandshakeRejection> {
+    let wants_upgrade = header_has_token(headers, header::UPGRADE, "websocket");
+    if method != Method::GET {
+        return Err(HandshakeRejection::MethodNotAllowed);
+    }
+    if !wants_upgrade || !header_has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(HandshakeRejection::NotWebSocket);
+    }
+    if version != Version::HTTP_11 {
+        return Err(HandshakeRejection::Bad(
+            "a WebSocket handshake needs HTTP/1.1",
+        ));
+    }
+    match headers.get(header::SEC_WEBSOCKET_VERSION) {
+        None => return Err(HandshakeRejection::Bad("missing Sec-WebSocket-Version")),
+        Some(v) if v.as_bytes() != b"13" => return Err(HandshakeRejection::UnsupportedVersion),
+        Some(_) => {}
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(k), None) => k.clone(),
+        (None, _) => return Err(HandshakeRejection::Bad("missing Sec-WebSocket-Key")),
+        (Some(_), Some(_)) => {
+            return Err(HandshakeRejection::Bad("more than one Sec-WebSocket-Key"))
+        }
+    };
+    let valid_key = key.len() == 24
+        && STANDARD
+            .decode(key.as_bytes())
+            .map(|k| k.len() == 16)
+            .unwrap_or(false);
+    if !valid_key {
+        return Err(HandshakeRejection::Bad(
+            "Sec-WebSocket-Key is not 16 base64-encoded bytes",
+        ));
+    }
+    let mut protocols = Vec::new();
+    for v in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let s = v
+            .to_str()
+            .map_err(|_| HandshakeRejection::Bad("Sec-WebSocket-Protocol is not ASCII"))?;
+        protocols.extend(
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from),
+        );
+    }
+    // Only permessage-deflate is forwarded: the relay passes its RSV1 bit and compressed
+    // payloads through untouched, so it works end to end. An extension wsgate does not
+    // know could give RSV bits a meaning the relay cannot check.
+    let extensions = headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| {
+            let s = v.to_str().ok()?;
+            let offers: Vec<&str> = s
+                .split(',')
+                .map(str::trim)
+                .filter(|o| extension_name(o).eq_ignore_ascii_case("permessage-deflate"))
+                .collect();
+            (!offers.is_empty())
+                .then(|| HeaderValue::from_str(&offers.join(", ")).ok())
+                .flatten()
+        })
+        .collect();
+    Ok(ClientHandshake {
+        key,
+        protocols,
+        extensions,
+    })
+}
+
+fn extension_name(offer: &str) -> &str {
+    offer.split(';').next().unwrap_or("").trim()
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the ones
+/// wsgate writes itself.
+fn is_managed(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "sec-websocket-key"
+            | "sec-websocket-version"
+            | "sec-websocket-protocol"
+            | "sec-websocket-extensions"
+            | "sec-websocket-accept"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-real-ip"
+            | "forwarded"
+            | "x-request-id"
+    )
+}
+
+/// Names listed in `Connection` are hop-by-hop for this message too.
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "upgrade")
+        .collect()
+}
+
+/// Who the client is and how it reached wsgate, for the forwarding headers.
+#[derive(Debug, Clone)]
+pub(crate) struct Forwarding<'a> {
+    pub(crate) client_ip: IpAddr,
+    /// The peer is a trusted proxy: its `X-Forwarded-For` chain is kept and extended.
+    pub(crate) trusted_peer: bool,
+    pub(crate) peer: SocketAddr,
+    pub(crate) tls: bool,
+    pub(crate) request_id: &'a str,
+}
+
+/// The request wsgate writes to the backend, as HTTP/1.1 bytes.
+pub(crate) fn upstream_request(
+    path_and_query: &str,
+    authority: &str,
+    hs: &ClientHandshake,
+    client_headers: &HeaderMap,
+    fwd: &Forwarding<'_>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    let mut line = |name: &str, value: &[u8]| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    line("Host", authority.as_bytes());
+    line("Connection", b"Upgrade");
+    line("Upgrade", b"websocket");
+    line("Sec-WebSocket-Version", b"13");
+    line("Sec-WebSocket-Key", hs.key.as_bytes());
+    if !hs.protocols.is_empty() {
+        line("Sec-WebSocket-Protocol", hs.protocols.join(", ").as_bytes());
+    }
+    for ext in &hs.extensions {
+        line("Sec-WebSocket-Extensions", ext.as_bytes());
+    }
+    let listed = connection_listed(client_headers);
+    for (name, value) in client_headers {
+        if is_managed(name) || listed.iter().any(|l| l == name.as_str()) {
+            continue;
+        }
+        line(name.as_str(), value.as_bytes());
+    }
+    let ip = fwd.client_ip.to_string();
+    let xff = match client_headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        // From a trusted proxy the chain is believed, so it is extended with the hop we
+        // saw; from anyone else it is replaced, so a client cannot forge its origin.
+        Some(chain) if fwd.trusted_peer => format!("{chain}, {}", fwd.peer.ip()),
+        _ => ip.clone(),
+    };
+    line("X-Forwarded-For", xff.as_bytes());
+    line("X-Real-IP", ip.as_bytes());
+    let proto: &[u8] = if fwd.tls { b"https" } else { b"http" };
+    line("X-Forwarded-Proto", proto);
+    let host = client_headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()));
+    if let Some(host) = host {
+        line("X-Forwarded-Host", host.as_bytes());
+    }
+    let for_node = match fwd.client_ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut forwarded = format!(
+        "for={for_node};proto={}",
+        if fwd.tls { "https" } else { "http" }
+    );
+    if let Some(host) = host {
+        forwarded.push_str(";host=\"");
+        forwarded.push_str(host);
+        forwarded.push('"');
+    }
+    line("Forwarded", forwarded.as_bytes());
+    line("X-Request-Id", fwd.request_id.as_bytes());
+    let mut req = Vec::with_capacity(out.len() + path_and_query.len() + 20);
+    req.extend_from_slice(b"GET ");
+    req.extend_from_slice(path_and_query.as_bytes());
+    req.extend_from_slice(b" HTTP/1.1\r\n");
+    req.extend_from_slice(&out);
+    req.extend_from_slice(b"\r\n");
+    req
+}
+
+/// The backend's answer to the upgrade.
+#[derive(Debug)]
+pub(crate) enum UpstreamAnswer {
+    /// 101: the headers to pass to the client, and how many bytes the head took.
+    Switching {
+        protocol: Option<HeaderValue>,
+        extensions: Option<HeaderValue>,
+        /// End-to-end headers of the backend's 101 (e.g. `Set-Cookie`).
+        extra: HeaderMap,
+        head_len: usize,
+    },
+    /// Anything else: passed to the client as it is.
+    Refused {
+        status: StatusCode,
+        headers: HeaderMap,
+        head_len: usize,
+        content_length: Option<usize>,
+    },
+}
+
+/// Parses the backend's response head from `buf`. `Ok(None)`: need more bytes.
+pub(crate) fn parse_upstream_response(
+    buf: &[u8],
+    hs: &ClientHandshake,
+) -> Result<Option<UpstreamAnswer>, &'static str> {
+    let mut raw = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut raw);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("malformed HTTP response from backend"),
+    };
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or("backend sent no status")?;
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "bad header name")?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| "bad header value")?;
+        headers.append(name, value);
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let content_length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let listed = connection_listed(&headers);
+        let mut passed = HeaderMap::new();
+        for (name, value) in &headers {
+            if !is_managed(name) && !listed.iter().any(|l| l == name.as_str()) {
+                passed.append(name.clone(), value.clone());
+            }
+        }
+        return Ok(Some(UpstreamAnswer::Refused {
+            status,
+            headers: passed,
+            head_len,
+            content_length,
+        }));
+    }
+    if !header_has_token(&headers, header::UPGRADE, "websocket")
+        || !header_has_token(&headers, header::CONNECTION, "upgrade")
+    {
+        return Err("backend's 101 lacks Upgrade: websocket");
+    }
+    let expected = accept_key(hs.key.as_bytes());
+    if headers
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .map(|v| v.as_bytes())
+        != Some(expected.as_bytes())
+    {
+        return Err("backend's Sec-WebSocket-Accept is wrong");
+    }
+    let protocol = headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    if let Some(p) = &protocol {
+        let chosen = p.to_str().map_err(|_| "bad subprotocol")?.trim();
+        if !hs.protocols.iter().any(|o| o == chosen) {
+            return Err("backend chose a subprotocol the client did not offer");
+        }
+    }
+    let extensions = headers.get(header::SEC_WEBSOCKET_EXTENSIONS).cloned();
+    if let Some(e) = &extensions {
+        let s = e.to_str().map_err(|_| "bad extension header")?;
+        let all_deflate = s
+            .split(',')
+            .all(|x| extension_name(x).eq_ignore_ascii_case("permessage-deflate"));
+        if hs.extensions.is_empty() || !all_deflate {
+            return Err("backend chose an extension the client did not offer");
+        }
+    }
+    let listed = connection_listed(&headers);
+    let mut extra = HeaderMap::new();
+    for (name, value) in &headers {
+        if !is_managed(name)
+            && !listed.iter().any(|l| l == name.as_str())
+            && name != header::DATE
+            && name != header::SERVER
+        {
+            extra.append(name.clone(), value.clone());
+        }
+    }
+    Ok(Some(UpstreamAnswer::Switching {
+        protocol,
+        extensions,
+        extra,
+        head_len,
+    }))
+}
+
+/// Whether a negotiated extension header turns on RSV1 (permessage-deflate).
+pub(crate) fn rsv_bits(extensions: Option<&HeaderValue>) -> u8 {
+    match extensions {
+        Some(_) => 0x40,
+        None => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("gw.test"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        h
+    }
+
+    #[test]
+    fn rfc_accept_key_example() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_websocket_handshake() {
+        let h = client_headers();
+        assert!(check_client(&Method::GET, Version::HTTP_11, &h).is_ok());
+        assert!(matches!(
+            check_client(&Method::POST, Version::HTTP_11, &h),
+            Err(HandshakeRejection::MethodNotAllowed)
+        ));
+        assert!(matches!(
+            check_client(&Method::GET, Version::HTTP_11, &HeaderMap::new()),
+            Err(HandshakeRejection::NotWebSocket)
+        ));
+        let mut bad = h.clone();
+        bad.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+        assert!(matches!(
+            check_client(&Method::GET, Version::HTTP_11, &bad),
+            Err(HandshakeRejection::UnsupportedVersion)
+        ));
+        let mut bad = h.clone();
+        bad.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("short"));
+        assert!(matches!(
+            check_client(&Method::GET, Version::HTTP_11, &bad),
+            Err(HandshakeRejection::Bad(_))
+        ));
+        assert!(check_client(&Method::GET, Version::HTTP_10, &h).is_err());
+    }
+
+    #[test]
+    fn forwarded_request_drops_hop_headers_and_replaces_forwarding() {
+        let mut h = client_headers();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("dropped"));
+        let hs = check_client(&Method::GET, Version::HTTP_11, &h).unwrap();
+        let fwd = Forwarding {
+            client_ip: "10.1.2.3".parse().unwrap(),
+            trusted_peer: false,
+            peer: "10.1.2.3:5555".parse().unwrap(),
+            tls: false,
+            request_id: "abc",
+        };
+        let req = String::from_utf8(upstream_request("/ws?a=1", "b:9", &hs, &h, &fwd)).unwrap();
+        assert!(req.starts_with("GET /ws?a=1 HTTP/1.1\r\nHost: b:9\r\n"));
+        assert!(req.contains("X-Forwarded-For: 10.1.2.3\r\n"));
+        assert!(!req.contains("6.6.6.6"));
+        assert!(req.contains("x-app: kept\r\n"));
+        assert!(!req.contains("keep-alive"));
+        assert!(!req.contains("dropped"));
+        assert!(req.contains("Forwarded: for=10.1.2.3;proto=http;host=\"gw.test\"\r\n"));
+        assert!(req.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn upstream_answer_checks_accept_and_protocol() {
+        let mut h = client_headers();
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("a, b"));
+        let hs = check_client(&Method::GET, Version::HTTP_11, &h).unwrap();
+        let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: b\r\n\r\nXY";
+        match parse_upstream_response(ok, &hs).unwrap().unwrap() {
+            UpstreamAnswer::Switching { protocol, head_len, .. } => {
+                assert_eq!(protocol.unwrap(), "b");
+                assert_eq!(&ok[head_len..], b"XY");
+            }
+            other => panic!("{other:?}"),
+        }
+        let wrong = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: c\r\n\r\n";
+        assert!(parse_upstream_response(wrong, &hs).is_err());
+        assert!(parse_upstream_response(&ok[..20], &hs).unwrap().is_none());
+        let forbidden = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope";
+        assert!(matches!(
+            parse_upstream_response(forbidden, &hs).unwrap().unwrap(),
+            UpstreamAnswer::Refused { status: StatusCode::FORBIDDEN, content_length: Some(4), .. }
+        ));
+    }
+}

@@ -1,0 +1,321 @@
+//! The WebSocket route handler: upstream first, then the client's 101, then the relay.
+//!
+//! The backend socket is opened and upgraded *before* the client is answered, so a dead
+//! or refusing backend gives the client an HTTP status (502, or the backend's own 403 /
+//! 404 …), never a 101 followed by an instant close. A failed connect is retried on the
+//! next candidate the [`UpstreamLayer`](wsgate_layers::UpstreamLayer) chose.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, info_span, warn, Instrument};
+use wsgate_layers::{
+    client_ip::{PeerAddr, TrustedPeer},
+    ClientIp, Leases, SelectedUpstream,
+};
+
+use crate::{
+    error::{text, HandshakeRejection, UpstreamError},
+    handshake::{self, check_client, rsv_bits, upstream_request, Forwarding, UpstreamAnswer},
+    metrics::{Metrics, Outcome},
+    relay::{relay, RelaySettings, Stream},
+    upstream::{Connector, Opened},
+};
+
+/// At most this many backends are tried for one client handshake.
+const MAX_ATTEMPTS: usize = 3;
+
+/// How a client connection reached wsgate; inserted by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnMeta {
+    /// The client connection is TLS.
+    pub tls: bool,
+}
+
+/// What every proxied socket shares: its owner, its drain signal, its counters.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Owns every relay task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled when relays must close (1001 "going away").
+    pub drain: CancellationToken,
+    /// Spread of the drain closes: each socket waits a random part of this.
+    pub drain_jitter: Duration,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// One WebSocket route's settings.
+#[derive(Debug)]
+pub struct RouteProxy {
+    /// The route's path as configured, for logs.
+    pub name: String,
+    /// Opens backend sockets.
+    pub connector: Connector,
+    /// Relay limits.
+    pub relay: RelaySettings,
+    /// `Origin` allow-list (`None`: any).
+    pub origins: Option<Vec<String>>,
+    /// Shared state.
+    pub shared: Shared,
+    /// Open sockets on this route.
+    pub active: AtomicI64,
+}
+
+/// The axum handler for a WebSocket route.
+pub async fn handle(State(route): State<Arc<RouteProxy>>, req: Request) -> Response {
+    let started = Instant::now();
+    let (outcome, resp) = proxy(&route, req).await;
+    route.shared.metrics.handshake(outcome, started.elapsed());
+    resp
+}
+
+async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response) {
+    let hs = match check_client(req.method(), req.version(), req.headers()) {
+        Ok(hs) => hs,
+        Err(r) => return (Outcome::BadRequest, r.into_response()),
+    };
+    if let Some(allowed) = &route.origins {
+        let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        let ok = origin.is_some_and(|o| allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(o)));
+        if !ok {
+            return (
+                Outcome::Forbidden,
+                text(StatusCode::FORBIDDEN, "origin not allowed on this route\n".into()),
+            );
+        }
+    }
+    let Some(selected) = req.extensions_mut().remove::<SelectedUpstream>() else {
+        return (
+            Outcome::NoBackend,
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "route has no UpstreamLayer\n".into(),
+            ),
+        );
+    };
+    let peer = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let client_ip = req
+        .extensions()
+        .get::<ClientIp>()
+        .map(|c| c.0)
+        .unwrap_or(peer.ip());
+    let trusted_peer = req.extensions().get::<TrustedPeer>().is_some_and(|t| t.0);
+    let tls = req.extensions().get::<ConnMeta>().is_some_and(|m| m.tls);
+    let request_id = request_id(&req, trusted_peer);
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    let fwd = Forwarding {
+        client_ip,
+        trusted_peer,
+        peer,
+        tls,
+        request_id: &request_id,
+    };
+
+    let mut last_err = None;
+    let mut opened = None;
+    for backend in selected.candidates.iter().take(MAX_ATTEMPTS) {
+        let url = backend.url();
+        let target = format!("{}{}", url.path_prefix(), path_and_query);
+        let request = upstream_request(&target, &url.authority(), &hs, req.headers(), &fwd);
+        match route.connector.open(backend, &request, &hs).await {
+            Ok(o) => {
+                opened = Some((backend.clone(), o));
+                break;
+            }
+            Err(e) => {
+                warn!(request_id = %request_id, backend = %url, error = %e, "upstream attempt failed");
+                let retry = e.retryable();
+                last_err = Some(e);
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    let Some((backend, opened)) = opened else {
+        let e = last_err.unwrap_or(UpstreamError::Protocol {
+            backend: selected.upstream.name().to_string(),
+            reason: "no backend tried",
+        });
+        return (Outcome::UpstreamFailed, e.into_response());
+    };
+    let (stream, leftover, answer) = match opened {
+        Opened::Upgraded {
+            stream,
+            leftover,
+            answer,
+        } => (stream, leftover, answer),
+        Opened::Refused {
+            status,
+            headers,
+            body,
+        } => {
+            debug!(request_id = %request_id, %status, "backend refused the upgrade");
+            let mut resp = Response::new(Body::from(body));
+            *resp.status_mut() = status;
+            *resp.headers_mut() = headers;
+            return (Outcome::UpstreamRefused, resp);
+        }
+    };
+    let UpstreamAnswer::Switching {
+        protocol,
+        extensions,
+        extra,
+        ..
+    } = answer
+    else {
+        return (
+            Outcome::UpstreamFailed,
+            text(StatusCode::BAD_GATEWAY, "backend broke the handshake\n".into()),
+        );
+    };
+
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (
+            Outcome::BadRequest,
+            HandshakeRejection::Bad("this connection cannot be upgraded").into_response(),
+        );
+    };
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    *h = extra;
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&handshake::accept_key(hs.key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    let mut settings = route.relay.clone();
+    settings.rsv_allowed = rsv_bits(extensions.as_ref());
+    if let Some(p) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    if let Some(e) = extensions {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, e);
+    }
+
+    let leases = req.extensions_mut().remove::<Leases>();
+    let span = info_span!(
+        "ws",
+        id = %request_id,
+        route = %route.name,
+        client = %client_ip,
+        backend = %backend.url(),
+    );
+    let task_route = route.clone();
+    route.shared.tracker.spawn(
+        async move {
+            let _leases = leases;
+            let _on_backend = backend.track();
+            let _counted = task_route.shared.metrics.open_socket();
+            task_route.active.fetch_add(1, Ordering::Relaxed);
+            let _route_count = RouteCount(&task_route.active);
+            let started = Instant::now();
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    debug!(error = %e, "client left before the upgrade completed");
+                    return;
+                }
+            };
+            let (client, initial) = unwrap_upgraded(upgraded);
+            let drain = drain_signal(&task_route.shared);
+            let report = relay(client, stream, &initial, &leftover, &settings, drain).await;
+            task_route.shared.metrics.closed(&report);
+            info!(
+                duration_ms = started.elapsed().as_millis() as u64,
+                bytes_up = report.bytes_up,
+                bytes_down = report.bytes_down,
+                messages_up = report.messages_up,
+                messages_down = report.messages_down,
+                closed_by = report.closed_by,
+                close_code = report.close_code,
+                reason = report.proxy_reason,
+                "closed"
+            );
+        }
+        .instrument(span),
+    );
+    (Outcome::Ok, resp)
+}
+
+/// Decrements a route's open-socket count on every exit path.
+struct RouteCount<'a>(&'a AtomicI64);
+
+impl Drop for RouteCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves when this socket should close for shutdown: after the drain starts, plus a
+/// random part of the jitter window, so thousands of clients do not reconnect at once.
+fn drain_signal(shared: &Shared) -> impl Future<Output = ()> + Send + 'static {
+    let drain = shared.drain.clone();
+    let window = shared.drain_jitter;
+    async move {
+        drain.cancelled().await;
+        if !window.is_zero() {
+            let jitter = window.mul_f64(fastrand::f64());
+            tokio::time::sleep(jitter).await;
+        }
+    }
+}
+
+/// The request id sent to the backend as `X-Request-Id`: a trusted peer's, or a new one.
+fn request_id(req: &Request, trusted_peer: bool) -> String {
+    if trusted_peer {
+        if let Some(id) = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return id.to_string();
+        }
+    }
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// Recovers the client's socket from hyper's upgrade, so the relay reads the socket
+/// directly (and can wait for readability without holding a buffer).
+fn unwrap_upgraded(upgraded: Upgraded) -> (Stream, Bytes) {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => return (Stream::Tcp(parts.io.into_inner()), parts.read_buf),
+        Err(u) => u,
+    };
+    match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+        Ok(parts) => (
+            Stream::ServerTls(Box::new(parts.io.into_inner())),
+            parts.read_buf,
+        ),
+        Err(u) => (Stream::Upgraded(TokioIo::new(u)), Bytes::new()),
+    }
+}

@@ -1,0 +1,497 @@
+//! WebSocket frame boundaries, found by reading headers only.
+//!
+//! The relay forwards payload bytes untouched: client frames stay masked (the backend
+//! unmasks them), backend frames stay unmasked. What it needs from the stream is where
+//! each frame starts and ends, so that it can count messages, cap their size, refuse
+//! what RFC 6455 forbids, read close codes, and inject a close frame *between* frames.
+//! [`FrameScanner`] walks a byte stream and reports exactly that, at the cost of a few
+//! comparisons per frame header (2–14 bytes) and none per payload byte, except for the
+//! payload of close frames (at most 125 bytes), which it copies to read the code.
+
+/// Opcode of a close frame.
+pub(crate) const OP_CLOSE: u8 = 0x8;
+
+/// The longest frame header: 2 bytes, 8 of extended length, 4 of mask key.
+pub(crate) const MAX_HEADER: usize = 14;
+
+/// What the scanner checks in one direction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScanRules {
+    /// Frames from clients must be masked; frames from servers must not be.
+    pub(crate) masked: bool,
+    /// Largest message (sum of its fragments' payloads) forwarded; larger ones close 1009.
+    pub(crate) max_message: u64,
+    /// RSV bits the negotiated extensions allow (0x40 = RSV1 for permessage-deflate).
+    pub(crate) rsv_allowed: u8,
+}
+
+/// A frame or message that must not be forwarded, and the close code it earns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Violation {
+    pub(crate) code: u16,
+    pub(crate) reason: &'static str,
+}
+
+const fn protocol_error(reason: &'static str) -> Violation {
+    Violation { code: 1002, reason }
+}
+
+/// A close frame, as received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CloseSeen {
+    /// `None` for a close frame without a payload (RFC 6455 §7.1.5: treated as 1005).
+    pub(crate) code: Option<u16>,
+}
+
+/// Where the bytes just scanned stop being forwardable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Everything up to `forward` is forwardable; bytes after it are an incomplete
+    /// frame header to scan again together with the next read.
+    More,
+    /// A complete close frame ends at `forward`; nothing after it may be forwarded.
+    Close(CloseSeen),
+    /// The frame starting at `forward` breaks the rules; it and everything after is dropped.
+    Violation(Violation),
+    /// A frame boundary was requested ([`FrameScanner::stop_at_boundary`]) and reached.
+    Boundary,
+}
+
+/// The result of scanning one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scan {
+    /// How many leading bytes of the chunk may be forwarded now.
+    pub(crate) forward: usize,
+    /// Why scanning stopped before the end of the chunk, or `More`.
+    pub(crate) stop: Stop,
+}
+
+/// Tracks frame boundaries across reads in one direction.
+#[derive(Debug)]
+pub(crate) struct FrameScanner {
+    rules: ScanRules,
+    /// Payload bytes of the current frame not yet seen; 0 at a frame boundary.
+    remaining: u64,
+    /// Set while inside the payload of a close frame, to collect its code.
+    close: Option<CloseCapture>,
+    /// A fragmented data message is open (its first frame had FIN = 0).
+    fragmented: bool,
+    /// FIN bit of the current data frame.
+    fin: bool,
+    /// Opcode class of the current frame: true for data (text, binary, continuation).
+    data_frame: bool,
+    /// Payload bytes of the current message so far.
+    message_len: u64,
+    /// Stop at the next frame boundary (to inject a frame there).
+    stop_at_boundary: bool,
+    /// Messages completed.
+    pub(crate) messages: u64,
+}
+
+#[derive(Debug)]
+struct CloseCapture {
+    mask: Option<[u8; 4]>,
+    payload: [u8; 125],
+    len: u8,
+    got: u8,
+}
+
+impl FrameScanner {
+    pub(crate) fn new(rules: ScanRules) -> Self {
+        Self {
+            rules,
+            remaining: 0,
+            close: None,
+            fragmented: false,
+            fin: true,
+            data_frame: false,
+            message_len: 0,
+            stop_at_boundary: false,
+            messages: 0,
+        }
+    }
+
+    /// True between frames, where a control frame may be injected.
+    pub(crate) fn at_boundary(&self) -> bool {
+        self.remaining == 0 && self.close.is_none()
+    }
+
+    /// Makes the next [`scan`](Self::scan) stop at the first frame boundary it reaches
+    /// (immediately, if already at one).
+    pub(crate) fn stop_at_boundary(&mut self) {
+        self.stop_at_boundary = true;
+    }
+
+    /// Scans `data`, which starts at the scanner's current position in the stream.
+    pub(crate) fn scan(&mut self, data: &[u8]) -> Scan {
+        let mut pos = 0usize;
+        loop {
+            if self.remaining > 0 {
+                let avail = data.len() - pos;
+                let take = usize::try_from(self.remaining).map_or(avail, |r| r.min(avail));
+                if let Some(cap) = self.close.as_mut() {
+                    cap.absorb(&data[pos..pos + take]);
+                }
+                pos += take;
+                self.remaining -= take as u64;
+                if self.remaining > 0 {
+                    return Scan {
+                        forward: pos,
+                        stop: Stop::More,
+                    };
+                }
+            }
+            // At the end of a frame (or at the start of the stream).
+            if let Some(cap) = self.close.take() {
+                return Scan {
+                    forward: pos,
+                    stop: Stop::Close(cap.seen()),
+                };
+            }
+            if self.data_frame {
+                self.data_frame = false;
+                if self.fin {
+                    self.messages += 1;
+                    self.message_len = 0;
+                }
+            }
+            if self.stop_at_boundary {
+                self.stop_at_boundary = false;
+                return Scan {
+                    forward: pos,
+                    stop: Stop::Boundary,
+                };
+            }
+            if pos == data.len() {
+                return Scan {
+                    forward: pos,
+                    stop: Stop::More,
+                };
+            }
+            match self.header(&data[pos..]) {
+                Ok(Some(len)) => pos += len,
+                Ok(None) => {
+                    return Scan {
+                        forward: pos,
+                        stop: Stop::More,
+                    }
+                }
+                Err(v) => {
+                    return Scan {
+                        forward: pos,
+                        stop: Stop::Violation(v),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses and checks one frame header at the start of `b`. `Ok(None)` when `b` holds
+    /// only part of it.
+    fn header(&mut self, b: &[u8]) -> Result<Option<usize>, Violation> {
+        if b.len() < 2 {
+            return Ok(None);
+        }
+        let fin = b[0] & 0x80 != 0;
+        let rsv = b[0] & 0x70;
+        let opcode = b[0] & 0x0f;
+        let masked = b[1] & 0x80 != 0;
+        let len7 = b[1] & 0x7f;
+        let ext = match len7 {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let need = 2 + ext + if masked { 4 } else { 0 };
+        if b.len() < need {
+            return Ok(None);
+        }
+        let len = match ext {
+            2 => u64::from(u16::from_be_bytes([b[2], b[3]])),
+            8 => {
+                let l = u64::from_be_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]);
+                if l >> 63 != 0 {
+                    return Err(protocol_error("frame length has its top bit set"));
+                }
+                l
+            }
+            _ => u64::from(len7),
+        };
+        if masked != self.rules.masked {
+            return Err(protocol_error(if self.rules.masked {
+                "client frames must be masked"
+            } else {
+                "server frames must not be masked"
+            }));
+        }
+        let control = opcode & 0x8 != 0;
+        if control {
+            if !matches!(opcode, 0x8..=0xA) {
+                return Err(protocol_error("reserved opcode"));
+            }
+            if rsv != 0 {
+                return Err(protocol_error("RSV bits set on a control frame"));
+            }
+            if !fin {
+                return Err(protocol_error("fragmented control frame"));
+            }
+            if len > 125 {
+                return Err(protocol_error("control frame longer than 125 bytes"));
+            }
+        } else {
+            if rsv & !self.rules.rsv_allowed != 0 {
+                return Err(protocol_error("RSV bits set without a negotiated extension"));
+            }
+            match opcode {
+                0x0 if !self.fragmented => {
+                    return Err(protocol_error("continuation frame outside a message"))
+                }
+                0x1 | 0x2 if self.fragmented => {
+                    return Err(protocol_error("new message inside a fragmented message"))
+                }
+                0x0..=0x2 => {}
+                _ => return Err(protocol_error("reserved opcode")),
+            }
+            if opcode == 0 && rsv != 0 {
+                // RFC 7692 §6.1: RSV1 marks the first frame of a compressed message only.
+                return Err(protocol_error("RSV bits set on a continuation frame"));
+            }
+            let total = self.message_len.saturating_add(len);
+            if total > self.rules.max_message {
+                return Err(Violation {
+                    code: 1009,
+                    reason: "message too big",
+                });
+            }
+            self.message_len = total;
+            self.fragmented = !fin;
+            self.fin = fin;
+            self.data_frame = true;
+        }
+        if opcode == OP_CLOSE {
+            if len == 1 {
+                return Err(protocol_error("close frame with a 1-byte payload"));
+            }
+            let mask = masked.then(|| [b[need - 4], b[need - 3], b[need - 2], b[need - 1]]);
+            self.close = Some(CloseCapture {
+                mask,
+                payload: [0; 125],
+                len: len as u8,
+                got: 0,
+            });
+        }
+        self.remaining = len;
+        Ok(Some(need))
+    }
+}
+
+impl CloseCapture {
+    fn absorb(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            let i = usize::from(self.got);
+            if i >= usize::from(self.len) {
+                break;
+            }
+            let k = self.mask.map_or(0, |m| m[i % 4]);
+            self.payload[i] = byte ^ k;
+            self.got += 1;
+        }
+    }
+
+    fn seen(&self) -> CloseSeen {
+        let code = (self.len >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]));
+        CloseSeen { code }
+    }
+}
+
+/// A frame the relay writes itself (a close), masked when it goes to a backend.
+#[derive(Debug, Clone)]
+pub(crate) struct ControlFrame {
+    bytes: [u8; 2 + 4 + 125],
+    len: u8,
+}
+
+impl ControlFrame {
+    /// A close frame with `code` and `reason` (cut to fit 123 bytes on a char boundary).
+    pub(crate) fn close(code: u16, reason: &str, masked: bool) -> Self {
+        let mut reason = reason;
+        while reason.len() > 123 {
+            let mut cut = 123;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason = &reason[..cut];
+        }
+        let plen = 2 + reason.len();
+        let mut bytes = [0u8; 131];
+        bytes[0] = 0x80 | OP_CLOSE;
+        bytes[1] = plen as u8 | if masked { 0x80 } else { 0 };
+        let start = if masked { 6 } else { 2 };
+        bytes[start..start + 2].copy_from_slice(&code.to_be_bytes());
+        bytes[start + 2..start + plen].copy_from_slice(reason.as_bytes());
+        if masked {
+            let key = fastrand::u32(..).to_be_bytes();
+            bytes[2..6].copy_from_slice(&key);
+            for (i, b) in bytes[start..start + plen].iter_mut().enumerate() {
+                *b ^= key[i % 4];
+            }
+        }
+        Self {
+            bytes,
+            len: (start + plen) as u8,
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: ScanRules = ScanRules {
+        masked: true,
+        max_message: 1 << 20,
+        rsv_allowed: 0,
+    };
+    const SERVER: ScanRules = ScanRules {
+        masked: false,
+        ..CLIENT
+    };
+
+    fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => v.push(m | n as u8),
+            n if n < 65536 => {
+                v.push(m | 126);
+                v.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                v.push(m | 127);
+                v.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        match mask {
+            Some(k) => {
+                v.extend_from_slice(&k);
+                v.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+            }
+            None => v.extend_from_slice(payload),
+        }
+        v
+    }
+
+    #[test]
+    fn whole_stream_of_messages_is_forwarded_and_counted() {
+        let mut s = FrameScanner::new(SERVER);
+        let mut data = frame(true, 1, b"hello", None);
+        data.extend(frame(false, 2, &[7; 300], None));
+        data.extend(frame(true, 9, b"ping", None));
+        data.extend(frame(true, 0, &[8; 70000], None));
+        let r = s.scan(&data);
+        assert_eq!(r, Scan { forward: data.len(), stop: Stop::More });
+        assert_eq!(s.messages, 2);
+    }
+
+    #[test]
+    fn byte_by_byte_scanning_matches_whole_scanning() {
+        let mut data = frame(true, 1, b"hi", Some([1, 2, 3, 4]));
+        data.extend(frame(true, 2, &[0; 200], Some([9, 9, 9, 9])));
+        let mut s = FrameScanner::new(CLIENT);
+        // Feed growing windows the way the relay does: unforwarded bytes are rescanned.
+        let mut start = 0;
+        let mut end = 0;
+        while start < data.len() {
+            end = (end + 1).min(data.len());
+            let r = s.scan(&data[start..end]);
+            assert_eq!(r.stop, Stop::More);
+            start += r.forward;
+        }
+        assert_eq!(s.messages, 2);
+    }
+
+    #[test]
+    fn close_code_is_read_through_the_mask() {
+        let mut s = FrameScanner::new(CLIENT);
+        let mut payload = 4001u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        let mut data = frame(true, 8, &payload, Some([0xde, 0xad, 0xbe, 0xef]));
+        let n = data.len();
+        data.extend_from_slice(b"trailing junk");
+        let r = s.scan(&data);
+        assert_eq!(r.forward, n);
+        assert_eq!(r.stop, Stop::Close(CloseSeen { code: Some(4001) }));
+    }
+
+    #[test]
+    fn rule_breaking_frames_are_stopped_before_their_header() {
+        let cases: Vec<(ScanRules, Vec<u8>, u16)> = vec![
+            (CLIENT, frame(true, 1, b"x", None), 1002),              // unmasked client frame
+            (SERVER, frame(true, 1, b"x", Some([1; 4])), 1002),     // masked server frame
+            (SERVER, frame(true, 3, b"", None), 1002),              // reserved data opcode
+            (SERVER, frame(true, 0xB, b"", None), 1002),            // reserved control opcode
+            (SERVER, frame(false, 9, b"", None), 1002),             // fragmented ping
+            (SERVER, frame(true, 9, &[0; 126], None), 1002),        // long ping
+            (SERVER, frame(true, 0, b"x", None), 1002),             // stray continuation
+            (SERVER, frame(true, 2, &[0; (1 << 20) + 1], None), 1009), // too big
+            (SERVER, vec![0xC1, 0x00], 1002),                       // RSV1 not negotiated
+            (SERVER, vec![0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0], 1002), // 2^63 length
+        ];
+        for (rules, bad, code) in cases {
+            let mut s = FrameScanner::new(rules);
+            let good = frame(true, 2, b"ok", rules.masked.then_some([5; 4]));
+            let mut data = good.clone();
+            data.extend(bad);
+            let r = s.scan(&data);
+            assert_eq!(r.forward, good.len());
+            assert!(matches!(r.stop, Stop::Violation(v) if v.code == code), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn fragments_count_toward_the_message_limit() {
+        let rules = ScanRules { max_message: 100, ..SERVER };
+        let mut s = FrameScanner::new(rules);
+        let mut data = frame(false, 1, &[b'a'; 60], None);
+        let first = data.len();
+        data.extend(frame(true, 0, &[b'a'; 60], None));
+        let r = s.scan(&data);
+        assert_eq!(r.forward, first);
+        assert!(matches!(r.stop, Stop::Violation(v) if v.code == 1009));
+    }
+
+    #[test]
+    fn stops_at_the_next_boundary_when_asked() {
+        let mut s = FrameScanner::new(SERVER);
+        let a = frame(true, 2, &[1; 10], None);
+        let r = s.scan(&a[..5]);
+        assert_eq!(r.forward, 5);
+        s.stop_at_boundary();
+        let mut rest = a[5..].to_vec();
+        rest.extend(frame(true, 2, &[2; 10], None));
+        let r = s.scan(&rest);
+        assert_eq!(r, Scan { forward: a.len() - 5, stop: Stop::Boundary });
+    }
+
+    #[test]
+    fn injected_close_frames_parse_back() {
+        let f = ControlFrame::close(1001, "going away", true);
+        let mut s = FrameScanner::new(CLIENT);
+        assert_eq!(
+            s.scan(f.as_bytes()).stop,
+            Stop::Close(CloseSeen { code: Some(1001) })
+        );
+        let long = "é".repeat(100);
+        let f = ControlFrame::close(1000, &long, false);
+        assert!(f.as_bytes().len() <= 127);
+        let mut s = FrameScanner::new(SERVER);
+        assert_eq!(
+            s.scan(f.as_bytes()).stop,
+            Stop::Close(CloseSeen { code: Some(1000) })
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! One direction of a relay: read from one socket, forward whole frames to the other.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{
+    buffer,
+    frame::{CloseSeen, ControlFrame, FrameScanner, ScanRules, Stop, Violation},
+    stream::Stream,
+};
+
+/// What a pump tells the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// The source sent a close frame; it was forwarded.
+    Closed(CloseSeen),
+    /// The source broke the protocol; nothing from it is forwarded any more.
+    Violation(Violation),
+    /// The source is gone and the destination was shut down; the pump is done.
+    Finished,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Read,
+    Write,
+    WriteControl,
+    Discard,
+    Shutdown,
+    Done,
+}
+
+/// What to do once the scanned bytes are written.
+#[derive(Debug, Clone, Copy)]
+enum After {
+    Continue,
+    Close(CloseSeen),
+    Violation(Violation),
+    Boundary,
+}
+
+/// One direction's state: scanner, buffer and progress.
+#[derive(Debug)]
+pub(crate) struct Pump {
+    scanner: FrameScanner,
+    buf: Option<Box<[u8]>>,
+    buf_size: usize,
+    /// `buf[write_pos..write_end]` is scanned and still to be written.
+    write_pos: usize,
+    write_end: usize,
+    /// `buf[..filled]` holds bytes read; past `write_end` they are an incomplete header.
+    filled: usize,
+    after: After,
+    state: State,
+    inject: Option<ControlFrame>,
+    inject_pos: usize,
+    /// Close frame sent to the source's peer when the source vanishes without one.
+    on_vanish: (u16, &'static str),
+    /// Whether frames written toward the destination must be masked.
+    mask_to_dst: bool,
+    /// The source reached EOF or failed.
+    src_gone: bool,
+    /// A close frame has been written to the destination.
+    pub(crate) dst_closed: bool,
+    /// The close frame the source sent, if any.
+    pub(crate) src_close: Option<CloseSeen>,
+    /// Bytes read from the source.
+    pub(crate) bytes: u64,
+    /// Bytes read from the source since the relay last looked (idle detection).
+    pub(crate) activity: u64,
+}
+
+impl Pump {
+    /// A pump whose source's frames follow `rules`. `initial` holds bytes already read
+    /// from the source (leftovers of the HTTP handshake).
+    pub(crate) fn new(
+        rules: ScanRules,
+        buf_size: usize,
+        initial: &[u8],
+        on_vanish: (u16, &'static str),
+    ) -> Self {
+        // Client-bound frames are unmasked, so the destination of a masked source is a
+        // backend, which needs masked frames.
+        let mask_to_dst = rules.masked;
+        let buf_size = buf_size.max(initial.len()).max(super::frame::MAX_HEADER * 2);
+        let mut pump = Self {
+            scanner: FrameScanner::new(rules),
+            buf: None,
+            buf_size,
+            write_pos: 0,
+            write_end: 0,
+            filled: 0,
+            after: After::Continue,
+            state: State::Read,
+            inject: None,
+            inject_pos: 0,
+            on_vanish,
+            mask_to_dst,
+            src_gone: false,
+            dst_closed: false,
+            src_close: None,
+            bytes: 0,
+            activity: 0,
+        };
+        if !initial.is_empty() {
+            let mut buf = buffer::take(pump.buf_size);
+            buf[..initial.len()].copy_from_slice(initial);
+            pump.buf = Some(buf);
+            pump.took(initial.len());
+        }
+        pump
+    }
+
+    /// Messages forwarded so far.
+    pub(crate) fn messages(&self) -> u64 {
+        self.scanner.messages
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Sends a close frame to the destination at the next frame boundary and forwards
+    /// nothing after it. Ignored when the destination already has a close frame.
+    pub(crate) fn close_dst(&mut self, code: u16, reason: &str) {
+        if self.dst_closed || self.inject.is_some() || self.state == State::Done {
+            return;
+        }
+        self.inject = Some(ControlFrame::close(code, reason, self.mask_to_dst));
+        self.inject_pos = 0;
+        if !self.scanner.at_boundary() {
+            self.scanner.stop_at_boundary();
+        }
+    }
+
+    /// Accounts `n` new bytes at `buf[filled..]` and scans them.
+    fn took(&mut self, n: usize) {
+        self.filled += n;
+        self.bytes += n as u64;
+        self.activity += n as u64;
+        let buf = match &self.buf {
+            Some(b) => b,
+            None => return,
+        };
+        let scan = self.scanner.scan(&buf[..self.filled]);
+        self.write_pos = 0;
+        self.write_end = scan.forward;
+        self.after = match scan.stop {
+            Stop::More => After::Continue,
+            Stop::Close(c) => After::Close(c),
+            Stop::Violation(v) => After::Violation(v),
+            Stop::Boundary => After::Boundary,
+        };
+        self.state = State::Write;
+    }
+
+    fn release_if_empty(&mut self, lends: bool) {
+        if lends && self.filled == 0 {
+            if let Some(b) = self.buf.take() {
+                buffer::give(b);
+            }
+        }
+    }
+
+    /// Drives this direction until it needs to wait or has something to report.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut Stream,
+        dst: &mut Stream,
+    ) -> Poll<Event> {
+        loop {
+            match self.state {
+                State::Read => {
+                    if self.inject.is_some() && self.scanner.at_boundary() {
+                        self.state = State::WriteControl;
+                        continue;
+                    }
+                    match ready!(self.poll_read(cx, src)) {
+                        Ok(0) | Err(_) => self.vanished(),
+                        Ok(n) => self.took(n),
+                    }
+                }
+                State::Write => {
+                    let buf = match &self.buf {
+                        Some(b) => b,
+                        None => {
+                            self.state = State::Read;
+                            continue;
+                        }
+                    };
+                    while self.write_pos < self.write_end {
+                        match ready!(Pin::new(&mut *dst)
+                            .poll_write(cx, &buf[self.write_pos..self.write_end]))
+                        {
+                            Ok(0) | Err(_) => return Poll::Ready(self.dst_gone()),
+                            Ok(n) => self.write_pos += n,
+                        }
+                    }
+                    if ready!(Pin::new(&mut *dst).poll_flush(cx)).is_err() {
+                        return Poll::Ready(self.dst_gone());
+                    }
+                    match self.after {
+                        After::Continue => {
+                            // Keep the incomplete header for the next read.
+                            let carry = self.filled - self.write_end;
+                            if let Some(b) = self.buf.as_mut() {
+                                b.copy_within(self.write_end..self.filled, 0);
+                            }
+                            self.filled = carry;
+                            self.write_end = 0;
+                            self.state = State::Read;
+                        }
+                        After::Boundary => {
+                            self.filled = 0;
+                            self.state = State::Read;
+                        }
+                        After::Close(seen) => {
+                            self.filled = 0;
+                            self.src_close = Some(seen);
+                            self.dst_closed = true;
+                            self.state = State::Discard;
+                            return Poll::Ready(Event::Closed(seen));
+                        }
+                        After::Violation(v) => {
+                            self.filled = 0;
+                            self.state = State::Discard;
+                            return Poll::Ready(Event::Violation(v));
+                        }
+                    }
+                }
+                State::WriteControl => {
+                    let Some(frame) = self.inject.as_ref() else {
+                        self.state = State::Discard;
+                        continue;
+                    };
+                    let bytes = frame.as_bytes();
+                    while self.inject_pos < bytes.len() {
+                        match ready!(Pin::new(&mut *dst).poll_write(cx, &bytes[self.inject_pos..]))
+                        {
+                            Ok(0) | Err(_) => return Poll::Ready(self.dst_gone()),
+                            Ok(n) => self.inject_pos += n,
+                        }
+                    }
+                    if ready!(Pin::new(&mut *dst).poll_flush(cx)).is_err() {
+                        return Poll::Ready(self.dst_gone());
+                    }
+                    self.inject = None;
+                    self.dst_closed = true;
+                    self.filled = 0;
+                    self.state = if self.src_gone {
+                        State::Shutdown
+                    } else {
+                        State::Discard
+                    };
+                }
+                State::Discard => {
+                    if self.inject.is_some() && !self.dst_closed {
+                        self.state = State::WriteControl;
+                        continue;
+                    }
+                    self.filled = 0;
+                    match ready!(self.poll_read(cx, src)) {
+                        Ok(0) | Err(_) => self.vanished(),
+                        Ok(_) => {}
+                    }
+                }
+                State::Shutdown => {
+                    // The peer may already be gone; shutting down is best effort.
+                    let _ = ready!(Pin::new(&mut *dst).poll_shutdown(cx));
+                    self.state = State::Done;
+                    if let Some(b) = self.buf.take() {
+                        buffer::give(b);
+                    }
+                    return Poll::Ready(Event::Finished);
+                }
+                State::Done => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The source ended (EOF or error): tell the destination if nobody has, then shut it.
+    fn vanished(&mut self) {
+        self.src_gone = true;
+        self.filled = 0;
+        // Mid-frame, a close frame would land inside the frame's payload and corrupt it;
+        // then the destination only gets the shutdown.
+        if !self.dst_closed && self.scanner.at_boundary() {
+            if self.inject.is_none() {
+                let (code, reason) = self.on_vanish;
+                self.inject = Some(ControlFrame::close(code, reason, self.mask_to_dst));
+                self.inject_pos = 0;
+            }
+            self.state = State::WriteControl;
+        } else {
+            self.state = State::Shutdown;
+        }
+    }
+
+    /// Writing to the destination failed: it is gone, nothing more can go there.
+    fn dst_gone(&mut self) -> Event {
+        self.state = State::Done;
+        self.filled = 0;
+        if let Some(b) = self.buf.take() {
+            buffer::give(b);
+        }
+        Event::Finished
+    }
+
+    /// Reads from `src` into the buffer after `filled`, taking a buffer only once the
+    /// socket is readable and giving it back when the read would block with nothing held.
+    fn poll_read(&mut self, cx: &mut Context<'_>, src: &mut Stream) -> Poll<io::Result<usize>> {
+        let lends = src.lends_buffers();
+        if self.buf.is_none() {
+            if lends {
+                ready!(src.poll_read_ready(cx))?;
+            }
+            self.buf = Some(buffer::take(self.buf_size));
+        }
+        let Some(buf) = self.buf.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::OutOfMemory.into()));
+        };
+        let mut rb = ReadBuf::new(&mut buf[self.filled..]);
+        match Pin::new(src).poll_read(cx, &mut rb) {
+            Poll::Pending => {
+                self.release_if_empty(lends);
+                Poll::Pending
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            buffer::give(b);
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Listeners, routing, TLS and shutdown.
+//!
+//! Each accepted socket is served by hyper's HTTP/1.1 connection driver with upgrades
+//! on; every task is owned by a [`TaskTracker`] and stopped through a
+//! [`CancellationToken`]. axum's own graceful shutdown does not see upgraded sockets, so
+//! the relays have their own drain signal ([`Shared::drain`]).
+
+use std::{
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicI64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    extract::Request,
+    routing::{any, MethodRouter},
+    Router,
+};
+use http::StatusCode;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
+use wsgate_layers::{
+    client_ip::{ClientIpLayer, PeerAddr},
+    upstream::{Backend, BackendUrl, Policy, Upstream, UpstreamLayer},
+};
+
+use crate::{
+    config::{Config, RoutePath},
+    error::text,
+    metrics::Metrics,
+    proxy::{handle, ConnMeta, RouteProxy, Shared},
+    relay::RelaySettings,
+    upstream::{tls_client_config, Connector},
+};
+
+/// Largest request head a client may send (431 beyond).
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The configuration cannot be turned into a running server.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A running wsgate.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound client listener addresses (useful with port 0).
+    pub listen: Vec<SocketAddr>,
+    /// Bound admin address.
+    pub admin: Option<SocketAddr>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The upstream groups, by name.
+    pub upstreams: Vec<Arc<Upstream>>,
+    stop_accepting: CancellationToken,
+    shared: Shared,
+    listeners: TaskTracker,
+    ready: Arc<AtomicBool>,
+    grace: Duration,
+    close_timeout: Duration,
+}
+
+impl Running {
+    /// Stops accepting, lets open sockets live for the grace period, closes the rest with
+    /// 1001 (spread over the jitter window) and waits for them, or until the deadline.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Relaxed);
+        self.stop_accepting.cancel();
+        self.listeners.close();
+        self.shared.tracker.close();
+        if tokio::time::timeout(self.grace, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            info!(open = self.metrics.active(), "closing open sockets with 1001");
+            self.shared.drain.cancel();
+            let deadline = self.shared.drain_jitter + self.close_timeout + Duration::from_secs(1);
+            if tokio::time::timeout(deadline, self.shared.tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(open = self.metrics.active(), "shutdown deadline passed; dropping sockets");
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.listeners.wait()).await;
+    }
+
+    /// Closes every open socket now (1001) without waiting for the grace period.
+    pub fn drain_now(&self) {
+        self.shared.drain.cancel();
+    }
+}
+
+/// Builds everything from `cfg`, binds the listeners and starts serving.
+pub async fn start(cfg: &Config) -> Result<Running, StartError> {
+    start_with(cfg, |r| r).await
+}
+
+/// Like [`start`], letting the caller add routes to the client router (the demo page).
+pub async fn start_with(
+    cfg: &Config,
+    extend: impl FnOnce(Router) -> Router,
+) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::default());
+    let shared = Shared {
+        tracker: TaskTracker::new(),
+        drain: CancellationToken::new(),
+        drain_jitter: Duration::from_secs(1).min(cfg.server.shutdown_timeout.0 / 4),
+        metrics: metrics.clone(),
+    };
+    let (router, upstreams) = build_router(cfg, &shared)?;
+    let router = extend(router);
+
+    let stop_accepting = CancellationToken::new();
+    let listeners = TaskTracker::new();
+    let mut listen = Vec::new();
+    let opts = ConnOptions {
+        handshake_timeout: cfg.server.handshake_timeout.0,
+        tls: false,
+    };
+    for addr in cfg.server.listen.to_vec() {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        listen.push(l.local_addr().map_err(|source| StartError::Bind { addr, source })?);
+        listeners.spawn(accept_loop(
+            l,
+            router.clone(),
+            opts,
+            stop_accepting.clone(),
+            listeners.clone(),
+        ));
+    }
+    let ready = Arc::new(AtomicBool::new(true));
+    let admin = match cfg.server.admin {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let bound = l.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+            let admin = crate::admin::router(metrics.clone(), upstreams.clone(), ready.clone());
+            listeners.spawn(accept_loop(
+                l,
+                admin,
+                opts,
+                stop_accepting.clone(),
+                listeners.clone(),
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
+    info!(?listen, ?admin, "wsgate listening");
+    Ok(Running {
+        listen,
+        admin,
+        metrics,
+        upstreams,
+        stop_accepting,
+        shared,
+        listeners,
+        ready,
+        grace: cfg.server.shutdown_timeout.0,
+        close_timeout: cfg.server.close_timeout.0,
+    })
+}
+
+/// The client router: one route per `[[route]]`, each behind its layers.
+fn build_router(cfg: &Config, shared: &Shared) -> Result<(Router, Vec<Arc<Upstream>>), StartError> {
+    let mut upstreams = Vec::new();
+    let mut connectors = Vec::new();
+    for u in &cfg.upstream {
+        let policy: Policy = u
+            .policy
+            .parse()
+            .map_err(|e: wsgate_layers::upstream::UpstreamError| StartError::Config(e.to_string()))?;
+        let weights = u.weights.clone().unwrap_or_default();
+        let backends = u
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let url = BackendUrl::parse(b).map_err(|e| StartError::Config(e.to_string()))?;
+                Ok(Arc::new(Backend::with_weight(
+                    url,
+                    weights.get(i).copied().unwrap_or(1),
+                )))
+            })
+            .collect::<Result<Vec<_>, StartError>>()?;
+        let up = Upstream::from_backends(u.name.clone(), policy, backends)
+            .map_err(|e| StartError::Config(format!("upstream `{}`: {e}", u.name)))?;
+        let tls = tls_client_config(u.ca_file.as_deref())
+            .map_err(|e| StartError::Config(format!("upstream `{}`.ca_file: {e}", u.name)))?;
+        connectors.push(Connector::new(tls, u.connect_timeout.0, u.handshake_timeout.0));
+        upstreams.push(Arc::new(up));
+    }
+    let client_ip = ClientIpLayer::new().trusted_proxies(cfg.server.trusted_proxies.iter().copied());
+    let mut router = Router::new();
+    for r in &cfg.route {
+        let i = cfg
+            .upstream
+            .iter()
+            .position(|u| u.name == r.upstream)
+            .ok_or_else(|| StartError::Config(format!("route {}: unknown upstream", r.path)))?;
+        let route = Arc::new(RouteProxy {
+            name: r.path.clone(),
+            connector: connectors[i].clone(),
+            relay: RelaySettings {
+                max_message: r.max_message.0,
+                buffer_size: cfg.server.buffer_size.0 as usize,
+                idle_timeout: r.idle_timeout.map(|d| d.0),
+                close_timeout: cfg.server.close_timeout.0,
+                rsv_allowed: 0,
+                expires_at: None,
+            },
+            origins: r.origins.clone(),
+            shared: shared.clone(),
+            active: AtomicI64::new(0),
+        });
+        let method_router: MethodRouter = any(handle)
+            .with_state(route)
+            .layer::<_, Infallible>(UpstreamLayer::new(upstreams[i].clone()))
+            .layer::<_, Infallible>(client_ip.clone());
+        router = match Config::route_path(r) {
+            RoutePath::Exact(p) => router.route(&p, method_router),
+            RoutePath::Prefix(p) => {
+                let base = if p.is_empty() { "/".to_string() } else { p.clone() };
+                let wildcard = format!("{}/{{*rest}}", p);
+                router
+                    .route(&base, method_router.clone())
+                    .route(&wildcard, method_router)
+            }
+        };
+    }
+    let router = router.fallback(|| async {
+        text(StatusCode::NOT_FOUND, "no route for this path\n".into())
+    });
+    Ok((router, upstreams))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConnOptions {
+    handshake_timeout: Duration,
+    tls: bool,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    opts: ConnOptions,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tasks.spawn(serve_connection(stream, peer, router.clone(), opts, stop.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning on the error.
+                warn!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    opts: ConnOptions,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let meta = ConnMeta { tls: opts.tls };
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        req.extensions_mut().insert(meta);
+        let router = router.clone();
+        async move { Ok::<_, Infallible>(router.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.handshake_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}

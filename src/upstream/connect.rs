@@ -1,0 +1,242 @@
+//! Opening the upstream socket and upgrading it.
+
+use std::{io, net::IpAddr, path::Path, sync::Arc, time::Duration};
+
+use http::{HeaderMap, StatusCode};
+use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
+use rustls_pki_types::{pem::PemObject, CertificateDer};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+use tokio_rustls::TlsConnector;
+use wsgate_layers::upstream::Backend;
+
+use crate::{
+    error::UpstreamError,
+    handshake::{parse_upstream_response, ClientHandshake, UpstreamAnswer, MAX_RESPONSE_HEAD},
+    relay::Stream,
+};
+
+/// Largest body of a refusal (403, 404 …) wsgate passes on to the client.
+const MAX_REFUSAL_BODY: usize = 64 * 1024;
+
+/// Opens sockets to backends.
+#[derive(Clone)]
+pub struct Connector {
+    tls: TlsConnector,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
+}
+
+/// A backend socket after its handshake.
+#[derive(Debug)]
+pub(crate) enum Opened {
+    /// The backend switched protocols: relay on `stream`, starting with `leftover`.
+    Upgraded {
+        /// The socket.
+        stream: Stream,
+        /// Bytes the backend sent after its 101.
+        leftover: Vec<u8>,
+        /// The backend's handshake answer.
+        answer: UpstreamAnswer,
+    },
+    /// The backend answered with something else; the client gets it as it is.
+    Refused {
+        /// Status.
+        status: StatusCode,
+        /// End-to-end headers.
+        headers: HeaderMap,
+        /// Body (empty if larger than 64 KiB or not delimited by a length).
+        body: Vec<u8>,
+    },
+}
+
+/// The TLS client settings for `wss://` backends: the system roots plus `extra_ca`.
+pub fn tls_client_config(extra_ca: Option<&Path>) -> Result<ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A broken system certificate should not stop wsgate from using the others.
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra_ca {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", path.display()));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+impl Connector {
+    /// A connector with these TLS settings and timeouts.
+    pub fn new(tls: ClientConfig, connect_timeout: Duration, handshake_timeout: Duration) -> Self {
+        Self {
+            tls: TlsConnector::from(Arc::new(tls)),
+            connect_timeout,
+            handshake_timeout,
+        }
+    }
+
+    /// Connects to `backend`, sends `request` (a complete upgrade request) and reads the
+    /// answer.
+    pub(crate) async fn open(
+        &self,
+        backend: &Backend,
+        request: &[u8],
+        hs: &ClientHandshake,
+    ) -> Result<Opened, UpstreamError> {
+        let name = || backend.url().to_string();
+        let stream = timeout(self.connect_timeout, self.connect(backend))
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                backend: name(),
+                after: self.connect_timeout,
+            })??;
+        timeout(self.handshake_timeout, upgrade(stream, request, hs, backend))
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                backend: name(),
+                after: self.handshake_timeout,
+            })?
+    }
+
+    async fn connect(&self, backend: &Backend) -> Result<Stream, UpstreamError> {
+        let url = backend.url();
+        let io_err = |source: io::Error| UpstreamError::Connect {
+            backend: url.to_string(),
+            source,
+        };
+        // IP literals skip the resolver; names are resolved on every connect, so a DNS
+        // change takes effect for the next socket.
+        let tcp = match url.host().parse::<IpAddr>() {
+            Ok(ip) => TcpStream::connect((ip, url.port())).await,
+            Err(_) => TcpStream::connect((url.host(), url.port())).await,
+        }
+        .map_err(io_err)?;
+        tcp.set_nodelay(true).map_err(io_err)?;
+        if !url.is_secure() {
+            return Ok(Stream::Tcp(tcp));
+        }
+        let server_name = ServerName::try_from(url.host().to_string()).map_err(|e| {
+            UpstreamError::Tls {
+                backend: url.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        let tls = self
+            .tls
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| UpstreamError::Tls {
+                backend: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Stream::ClientTls(Box::new(tls)))
+    }
+}
+
+async fn upgrade(
+    mut stream: Stream,
+    request: &[u8],
+    hs: &ClientHandshake,
+    backend: &Backend,
+) -> Result<Opened, UpstreamError> {
+    let url = || backend.url().to_string();
+    let io_err = |source: io::Error| UpstreamError::Connect {
+        backend: url(),
+        source,
+    };
+    stream.write_all(request).await.map_err(io_err)?;
+    stream.flush().await.map_err(io_err)?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    let answer = loop {
+        let n = stream.read(&mut chunk).await.map_err(io_err)?;
+        if n == 0 {
+            return Err(UpstreamError::Protocol {
+                backend: url(),
+                reason: "closed the connection before answering",
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_upstream_response(&buf, hs) {
+            Ok(Some(answer)) => break answer,
+            Ok(None) if buf.len() > MAX_RESPONSE_HEAD => {
+                return Err(UpstreamError::Protocol {
+                    backend: url(),
+                    reason: "response head too large",
+                })
+            }
+            Ok(None) => continue,
+            Err(reason) => {
+                return Err(UpstreamError::Protocol {
+                    backend: url(),
+                    reason,
+                })
+            }
+        }
+    };
+    match answer {
+        UpstreamAnswer::Switching { head_len, .. } => {
+            let leftover = buf.split_off(head_len);
+            Ok(Opened::Upgraded {
+                stream,
+                leftover,
+                answer,
+            })
+        }
+        UpstreamAnswer::Refused {
+            status,
+            headers,
+            head_len,
+            content_length,
+        } => {
+            let mut body = buf.split_off(head_len);
+            match content_length {
+                Some(len) if len <= MAX_REFUSAL_BODY => {
+                    while body.len() < len {
+                        let n = stream.read(&mut chunk).await.map_err(io_err)?;
+                        if n == 0 {
+                            break;
+                        }
+                        body.extend_from_slice(&chunk[..n]);
+                    }
+                    body.truncate(len);
+                }
+                _ => body.clear(),
+            }
+            Ok(Opened::Refused {
+                status,
+                headers,
+                body,
+            })
+        }
+    }
+}
