@@ -1,0 +1,206 @@
+//! The opening handshake: upstream first, negotiated end to end, honest statuses.
+
+mod support;
+
+use std::sync::Arc;
+
+use support::*;
+
+#[tokio::test]
+async fn subprotocol_is_the_backends_choice() {
+    let mut opts = BackendOpts::named("a");
+    opts.pick_protocol = Arc::new(|offered: &[String]| offered.get(1).cloned());
+    let b = Backend::start(opts).await;
+    let g = gate(&one_route(&[&b.url], "")).await;
+    let (_ws, resp) = connect_with(&ws_url(&g, "/ws"), &[("sec-websocket-protocol", "chat.v2, chat.v1")])
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat.v1");
+}
+
+#[tokio::test]
+async fn backend_choosing_no_subprotocol_gives_the_client_none() {
+    let mut opts = BackendOpts::named("a");
+    opts.pick_protocol = Arc::new(|_: &[String]| None);
+    let b = Backend::start(opts).await;
+    let g = gate(&one_route(&[&b.url], "")).await;
+    // tungstenite refuses a handshake that offered protocols and got none back, so look
+    // at the raw answer.
+    let resp = raw_handshake(&g.listen[0].to_string(), "/ws", "Sec-WebSocket-Protocol: chat.v1\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    assert!(!resp.to_ascii_lowercase().contains("sec-websocket-protocol"), "{resp}");
+}
+
+#[tokio::test]
+async fn path_query_and_end_to_end_headers_reach_the_backend() {
+    let mut b = Backend::start(BackendOpts::named("a")).await;
+    let g = gate(&one_route(&[&b.url], "")).await;
+    let _ws = connect_with(
+        &ws_url(&g, "/app/room/42?user=ann&x=%20y"),
+        &[
+            ("x-custom", "kept"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("keep-alive", "timeout=5"),
+        ],
+    )
+    .await
+    .unwrap();
+    let (uri, h) = b.next_request().await;
+    assert_eq!(uri, "/app/room/42?user=ann&x=%20y");
+    assert_eq!(h["x-custom"], "kept");
+    // An untrusted client cannot choose the IP the backend sees.
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert!(h["forwarded"].to_str().unwrap().starts_with("for=127.0.0.1;proto=http"));
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], g.listen[0].to_string().as_str());
+    assert!(h.get("keep-alive").is_none());
+    assert!(h.get("x-request-id").is_some());
+    assert_eq!(h["host"], b.addr.to_string().as_str());
+}
+
+#[tokio::test]
+async fn backend_refusal_status_is_passed_through() {
+    for status in [403u16, 404] {
+        let mut opts = BackendOpts::named("a");
+        opts.refuse = Some(status);
+        let b = Backend::start(opts).await;
+        let g = gate(&one_route(&[&b.url], "")).await;
+        assert_eq!(refused_status(&ws_url(&g, "/ws"), &[]).await, status);
+        assert_no_leak(&g).await;
+    }
+}
+
+#[tokio::test]
+async fn unreachable_backend_is_502_and_nothing_leaks() {
+    // A port with nothing listening: bind, note it, close.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let g = gate(&one_route(&[&format!("ws://{dead}")], "")).await;
+    for _ in 0..5 {
+        assert_eq!(refused_status(&ws_url(&g, "/ws"), &[]).await, 502);
+    }
+    assert_eq!(g.metrics.handshakes(wsgate::metrics::Outcome::UpstreamFailed), 5);
+    assert_no_leak(&g).await;
+}
+
+#[tokio::test]
+async fn failed_backend_is_retried_on_the_next_one_before_the_101() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let b = Backend::start(BackendOpts::named("alive")).await;
+    let g = gate(&one_route(&[&format!("ws://{dead}"), &b.url], "")).await;
+    for _ in 0..4 {
+        let mut ws = connect(&ws_url(&g, "/ws")).await;
+        futures_util::SinkExt::send(&mut ws, tokio_tungstenite::tungstenite::Message::text("whoami"))
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut ws).await.into_text().unwrap().as_str(), "alive");
+    }
+}
+
+#[tokio::test]
+async fn plain_http_unknown_paths_and_bad_handshakes_get_clear_statuses() {
+    let b = Backend::start(BackendOpts::named("a")).await;
+    let g = gate(&one_route(&[&b.url], "")).await;
+    let addr = g.listen[0].to_string();
+    let get = raw_request(&addr, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(get.starts_with("HTTP/1.1 426"), "{get}");
+    assert!(get.to_ascii_lowercase().contains("upgrade: websocket"));
+    let nf = raw_request(&addr, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(nf.starts_with("HTTP/1.1 404"), "{nf}");
+    let post = raw_request(&addr, "POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    let v8 = raw_request(&addr, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await;
+    assert!(v8.starts_with("HTTP/1.1 426"), "{v8}");
+    assert!(v8.contains("sec-websocket-version: 13"), "{v8}");
+    let nokey = raw_request(&addr, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n").await;
+    assert!(nokey.starts_with("HTTP/1.1 400"), "{nokey}");
+    // A well-behaved client is still served.
+    let _ws = connect(&ws_url(&g, "/ws")).await;
+}
+
+/// Sends raw bytes, returns what came back until the head ends (or the peer closes).
+async fn raw_request(addr: &str, req: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn raw_handshake(addr: &str, path: &str, extra: &str) -> String {
+    raw_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn permessage_deflate_offer_reaches_the_backend_and_its_answer_the_client() {
+    // tungstenite does not implement permessage-deflate, so a raw backend plays one that
+    // does: it accepts the extension and sends a compressed (RSV1) frame, which must
+    // reach the client byte for byte.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let backend = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            req.extend_from_slice(&buf[..n]);
+        }
+        let req = String::from_utf8(req).unwrap();
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+            .await
+            .unwrap();
+        // "Hello" compressed, from RFC 7692 §7.2.3.1.
+        s.write_all(&[0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]).await.unwrap();
+        req
+    });
+    let g = gate(&one_route(&[&format!("ws://{addr}")], "")).await;
+    let mut s = tokio::net::TcpStream::connect(g.listen[0]).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits, x-unknown-ext\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let frame = [0xc1u8, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    while !got.windows(frame.len()).any(|w| w == frame) {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", got);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"));
+    assert!(head.contains("sec-websocket-extensions: permessage-deflate"));
+    let req = backend.await.unwrap().to_ascii_lowercase();
+    assert!(req.contains("sec-websocket-extensions: permessage-deflate; client_max_window_bits"), "{req}");
+    assert!(!req.contains("x-unknown-ext"), "unknown extensions must not be offered upstream");
+}

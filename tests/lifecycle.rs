@@ -1,0 +1,153 @@
+//! How sockets end: backend death, protocol violations, limits, idle, shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+#[tokio::test]
+async fn backend_death_closes_the_client_with_1012() {
+    let b = Backend::start(BackendOpts::named("a")).await;
+    let g = gate(&one_route(&[&b.url], "")).await;
+    let mut ws = connect(&ws_url(&g, "/ws")).await;
+    ws.send(Message::text("whoami")).await.unwrap();
+    assert_eq!(recv(&mut ws).await, Message::text("a"));
+    b.kill();
+    let (code, _) = recv_close(&mut ws).await;
+    assert_eq!(code, 1012);
+    assert_no_leak(&g).await;
+}
+
+#[tokio::test]
+async fn client_vanishing_releases_everything_and_tells_the_backend() {
+    let mut b = Backend::start(BackendOpts::named("a")).await;
+    let g = gate(&one_route(&[&b.url], "")).await;
+    let ws = connect(&ws_url(&g, "/ws")).await;
+    b.next_request().await;
+    eventually("socket counted", || g.metrics.active() == 1).await;
+    drop(ws); // TCP closed without a close frame
+    assert_eq!(b.next_close().await.0, 1001);
+    assert_no_leak(&g).await;
+}
+
+#[tokio::test]
+async fn message_over_the_route_limit_closes_with_1009() {
+    let b = Backend::start(BackendOpts::named("a")).await;
+    let g = gate(&one_route(&[&b.url], "max_message = \"1KiB\"")).await;
+    let mut ws = connect(&ws_url(&g, "/ws")).await;
+    ws.send(Message::Binary(Bytes::from(vec![1u8; 1024]))).await.unwrap();
+    assert_eq!(recv(&mut ws).await.len(), 1024);
+    ws.send(Message::Binary(Bytes::from(vec![1u8; 1025]))).await.unwrap();
+    assert_eq!(recv_close(&mut ws).await.0, 1009);
+    assert_no_leak(&g).await;
+}
+
+/// Upgrades a raw TCP socket through wsgate and returns it after the 101.
+async fn raw_ws(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    s
+}
+
+/// Reads one unmasked server frame's opcode and payload.
+async fn read_frame(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h)).await.unwrap().unwrap();
+    assert_eq!(h[1] & 0x80, 0, "server frames are unmasked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await.unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => panic!("unexpected long frame"),
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).await.unwrap();
+    (h[0] & 0x0f, p)
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_1002_and_the_next_client_is_served() {
+    let b = Backend::start(BackendOpts::named("a")).await;
+    let g = gate(&one_route(&[&b.url], "")).await;
+    let bad_frames: [&[u8]; 4] = [
+        &[0x81, 0x02, b'h', b'i'],                   // unmasked client frame
+        &[0x83, 0x80, 1, 2, 3, 4],                   // reserved opcode 3
+        &[0x09, 0x80, 1, 2, 3, 4],                   // fragmented ping
+        &[0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4], // length 2^63
+    ];
+    for bad in bad_frames {
+        let mut s = raw_ws(g.listen[0]).await;
+        s.write_all(bad).await.unwrap();
+        let (op, payload) = read_frame(&mut s).await;
+        assert_eq!(op, 8, "expected a close frame for {bad:?}");
+        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002, "{bad:?}");
+    }
+    let mut ws = connect(&ws_url(&g, "/ws")).await;
+    ws.send(Message::text("still fine")).await.unwrap();
+    assert_eq!(recv(&mut ws).await, Message::text("still fine"));
+    drop(ws);
+    assert_no_leak(&g).await;
+}
+
+#[tokio::test]
+async fn idle_sockets_are_closed_with_1001() {
+    let mut b = Backend::start(BackendOpts::named("a")).await;
+    let g = gate(&one_route(&[&b.url], "idle_timeout = \"300ms\"")).await;
+    let mut ws = connect(&ws_url(&g, "/ws")).await;
+    let (code, reason) = recv_close(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
+    assert_eq!(b.next_close().await.0, 1001);
+    assert_no_leak(&g).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_open_sockets_with_1001_and_waits_for_them() {
+    let mut b = Backend::start(BackendOpts::named("a")).await;
+    let g = gate(&one_route(&[&b.url], "")).await;
+    let metrics = g.metrics.clone();
+    let mut ws = connect(&ws_url(&g, "/ws")).await;
+    b.next_request().await;
+    let shutting = tokio::spawn(g.shutdown());
+    let (code, reason) = recv_close(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (1001, "going away"));
+    assert_eq!(b.next_close().await.0, 1001);
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(10), shutting).await.unwrap().unwrap();
+    assert_eq!(metrics.active(), 0);
+}
+
+#[tokio::test]
+async fn round_robin_spreads_evenly_over_three_backends() {
+    let bs = [
+        Backend::start(BackendOpts::named("b0")).await,
+        Backend::start(BackendOpts::named("b1")).await,
+        Backend::start(BackendOpts::named("b2")).await,
+    ];
+    let urls: Vec<&str> = bs.iter().map(|b| b.url.as_str()).collect();
+    let g = gate(&one_route(&urls, "")).await;
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..30 {
+        let mut ws = connect(&ws_url(&g, "/ws")).await;
+        ws.send(Message::text("whoami")).await.unwrap();
+        let who = recv(&mut ws).await.into_text().unwrap().to_string();
+        *counts.entry(who).or_insert(0) += 1;
+        ws.close(None).await.unwrap();
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|c| *c == 10), "{counts:?}");
+    assert_no_leak(&g).await;
+}

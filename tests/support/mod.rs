@@ -1,0 +1,336 @@
+//! Shared test helpers: real backends, a real wsgate, real clients, all on loopback.
+#![allow(dead_code)]
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_tungstenite::{
+    tungstenite::{
+        client::IntoClientRequest,
+        handshake::server::{ErrorResponse, Request, Response},
+        protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfig},
+        Message,
+    },
+    MaybeTlsStream, WebSocketStream,
+};
+use tokio_util::sync::CancellationToken;
+use wsgate::{config::Config, server::Running};
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What a test backend saw.
+#[derive(Debug, Clone)]
+pub enum Seen {
+    /// The upgrade request: URI and headers.
+    Request(String, http::HeaderMap),
+    /// A close frame from the proxy (code, reason).
+    Close(u16, String),
+    /// The connection ended.
+    Gone,
+}
+
+/// How a test backend behaves.
+#[derive(Clone)]
+pub struct BackendOpts {
+    pub name: String,
+    /// Pick a subprotocol from the offered list.
+    pub pick_protocol: Arc<dyn Fn(&[String]) -> Option<String> + Send + Sync>,
+    /// Refuse the upgrade with this status.
+    pub refuse: Option<u16>,
+}
+
+impl BackendOpts {
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            pick_protocol: Arc::new(|offered: &[String]| offered.first().cloned()),
+            refuse: None,
+        }
+    }
+}
+
+/// A real WebSocket backend (tokio-tungstenite): echoes messages, answers `whoami` with
+/// its name, closes with CODE and REASON on `close:CODE:REASON`, and reports what it saw.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub seen: mpsc::UnboundedReceiver<Seen>,
+    stop: CancellationToken,
+}
+
+impl Backend {
+    pub async fn start(opts: BackendOpts) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, opts)
+    }
+
+    pub fn serve(listener: TcpListener, opts: BackendOpts) -> Backend {
+        let addr = listener.local_addr().unwrap();
+        let (tx, seen) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = s.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                tokio::spawn(backend_conn(stream, opts.clone(), tx.clone(), s.clone()));
+            }
+        });
+        Backend {
+            addr,
+            url: format!("ws://{addr}"),
+            seen,
+            stop,
+        }
+    }
+
+    /// Stops accepting and drops every open connection abruptly (a crash).
+    pub fn kill(&self) {
+        self.stop.cancel();
+    }
+
+    pub async fn next_seen(&mut self) -> Seen {
+        tokio::time::timeout(Duration::from_secs(10), self.seen.recv())
+            .await
+            .expect("backend saw nothing within 10 s")
+            .expect("backend channel closed")
+    }
+
+    /// The next upgrade request this backend received.
+    pub async fn next_request(&mut self) -> (String, http::HeaderMap) {
+        loop {
+            if let Seen::Request(u, h) = self.next_seen().await {
+                return (u, h);
+            }
+        }
+    }
+
+    /// The next close frame this backend received.
+    pub async fn next_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next_seen().await {
+                Seen::Close(c, r) => return (c, r),
+                Seen::Gone => panic!("backend connection ended without a close frame"),
+                Seen::Request(..) => {}
+            }
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn backend_conn(
+    stream: TcpStream,
+    opts: BackendOpts,
+    tx: mpsc::UnboundedSender<Seen>,
+    stop: CancellationToken,
+) {
+    let tx2 = tx.clone();
+    let name = opts.name.clone();
+    let refuse = opts.refuse;
+    let pick_protocol = opts.pick_protocol.clone();
+    let cb = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let _ = tx2.send(Seen::Request(req.uri().to_string(), req.headers().clone()));
+        if let Some(status) = refuse {
+            let mut r = ErrorResponse::new(Some(format!("refused by {name}")));
+            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            return Err(r);
+        }
+        let offered: Vec<String> = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .flat_map(|v| v.to_str().unwrap().split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(p) = pick_protocol(&offered) {
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", p.parse().unwrap());
+        }
+        Ok(resp)
+    };
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(cfg)).await
+    else {
+        return;
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return, // dropped without a close: a crash
+            m = ws.next() => m,
+        };
+        let reply = match msg {
+            Some(Ok(Message::Text(t))) if t.as_str() == "whoami" => Message::text(opts.name.clone()),
+            Some(Ok(Message::Text(t))) if t.as_str().starts_with("close:") => {
+                let mut parts = t.as_str().splitn(3, ':').skip(1);
+                let code: u16 = parts.next().unwrap().parse().unwrap();
+                let reason = parts.next().unwrap_or("").to_string();
+                let _ = ws
+                    .close(Some(CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.into(),
+                    }))
+                    .await;
+                while let Some(Ok(_)) = ws.next().await {}
+                let _ = tx.send(Seen::Gone);
+                return;
+            }
+            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => m,
+            Some(Ok(Message::Close(frame))) => {
+                let (c, r) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                let _ = tx.send(Seen::Close(c, r));
+                while let Some(Ok(_)) = ws.next().await {}
+                let _ = tx.send(Seen::Gone);
+                return;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => {
+                let _ = tx.send(Seen::Gone);
+                return;
+            }
+        };
+        if ws.send(reply).await.is_err() {
+            let _ = tx.send(Seen::Gone);
+            return;
+        }
+    }
+}
+
+/// Starts wsgate on a free loopback port with `toml`, in which `{LISTEN}` is replaced.
+pub async fn gate(toml: &str) -> Running {
+    let text = toml.replace("{LISTEN}", "127.0.0.1:0");
+    let cfg = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    wsgate::server::start(&cfg).await.unwrap()
+}
+
+/// A config with one route `/ws` (and prefix route `/app/*`) over `backends`.
+pub fn one_route(backends: &[&str], extra_route: &str) -> String {
+    let list = backends
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[server]
+listen = "{{LISTEN}}"
+admin = "127.0.0.1:0"
+shutdown_timeout = "200ms"
+close_timeout = "2s"
+
+[[upstream]]
+name = "b"
+backends = [{list}]
+connect_timeout = "2s"
+
+[[route]]
+path = "/ws"
+upstream = "b"
+{extra_route}
+
+[[route]]
+path = "/app/*"
+upstream = "b"
+"#
+    )
+}
+
+pub fn ws_url(g: &Running, path: &str) -> String {
+    format!("ws://{}{}", g.listen[0], path)
+}
+
+/// Opens a client WebSocket with extra headers.
+pub async fn connect_with(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Client, tokio_tungstenite::tungstenite::handshake::client::Response), tokio_tungstenite::tungstenite::Error>
+{
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    tokio_tungstenite::connect_async_with_config(req, Some(cfg), false).await
+}
+
+pub async fn connect(url: &str) -> Client {
+    connect_with(url, &[]).await.unwrap().0
+}
+
+/// The HTTP status of a refused handshake.
+pub async fn refused_status(url: &str, headers: &[(&str, &str)]) -> u16 {
+    match connect_with(url, headers).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, got a WebSocket"),
+    }
+}
+
+/// Next data or close message, with a deadline.
+pub async fn recv(ws: &mut Client) -> Message {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) | Ok(Some(Ok(Message::Pong(_)))) => continue,
+            Ok(Some(Ok(m))) => return m,
+            Ok(Some(Err(e))) => panic!("client error: {e}"),
+            Ok(None) => panic!("socket ended without a close frame"),
+            Err(_) => panic!("nothing received within 10 s"),
+        }
+    }
+}
+
+/// Waits for a close frame and returns its code and reason.
+pub async fn recv_close(ws: &mut Client) -> (u16, String) {
+    loop {
+        match recv(ws).await {
+            Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
+            Message::Close(None) => return (1005, String::new()),
+            _ => continue,
+        }
+    }
+}
+
+/// Polls `cond` until it holds, for at most 10 s: for state with no event to await
+/// (counters released by another task).
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Asserts nothing is left open: sockets, per-backend counts.
+pub async fn assert_no_leak(g: &Running) {
+    eventually("all proxied sockets released", || g.metrics.active() == 0).await;
+    for u in &g.upstreams {
+        for b in u.backends() {
+            let b2 = b.clone();
+            eventually("backend count released", move || b2.active() == 0).await;
+        }
+    }
+}
