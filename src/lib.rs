@@ -8,4 +8,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod relay;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -26,6 +26,7 @@ use http::StatusCode;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
@@ -135,9 +136,12 @@ pub async fn start_with(
     let stop_accepting = CancellationToken::new();
     let listeners = TaskTracker::new();
     let mut listen = Vec::new();
+    let tls = match &cfg.server.tls {
+        Some(t) => Some(crate::tls::acceptor(&t.cert, &t.key).map_err(StartError::Config)?),
+        None => None,
+    };
     let opts = ConnOptions {
         handshake_timeout: cfg.server.handshake_timeout.0,
-        tls: false,
     };
     for addr in cfg.server.listen.to_vec() {
         let l = TcpListener::bind(addr)
@@ -148,6 +152,7 @@ pub async fn start_with(
             l,
             router.clone(),
             opts,
+            tls.clone(),
             stop_accepting.clone(),
             listeners.clone(),
         ));
@@ -164,6 +169,7 @@ pub async fn start_with(
                 l,
                 admin,
                 opts,
+                None,
                 stop_accepting.clone(),
                 listeners.clone(),
             ));
@@ -262,13 +268,13 @@ fn build_router(cfg: &Config, shared: &Shared) -> Result<(Router, Vec<Arc<Upstre
 #[derive(Debug, Clone, Copy)]
 struct ConnOptions {
     handshake_timeout: Duration,
-    tls: bool,
 }
 
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
     opts: ConnOptions,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -279,7 +285,14 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tasks.spawn(serve_connection(stream, peer, router.clone(), opts, stop.clone()));
+                tasks.spawn(serve_connection(
+                    stream,
+                    peer,
+                    router.clone(),
+                    opts,
+                    tls.clone(),
+                    stop.clone(),
+                ));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning on the error.
@@ -298,24 +311,54 @@ async fn serve_connection(
     peer: SocketAddr,
     router: Router,
     opts: ConnOptions,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let meta = ConnMeta { tls: opts.tls };
+    match tls {
+        None => serve_http(stream, peer, router, opts, false, stop).await,
+        Some(acceptor) => {
+            // The TLS handshake counts against the same deadline as the request head, so
+            // a client trickling a ClientHello is cut off like a slow HTTP client.
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = tokio::time::timeout(opts.handshake_timeout, acceptor.accept(stream)) => r,
+            };
+            match accepted {
+                Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, router, opts, true, stop).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_http<I>(
+    io: I,
+    peer: SocketAddr,
+    router: Router,
+    opts: ConnOptions,
+    tls: bool,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let meta = ConnMeta { tls };
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
         req.extensions_mut().insert(meta);
         let router = router.clone();
-        async move { Ok::<_, Infallible>(router.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
+        async move {
+            let resp = router.oneshot(req.map(Body::new)).await;
+            Ok::<_, Infallible>(resp.unwrap_or_else(|e| match e {}))
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(opts.handshake_timeout)
         .max_buf_size(MAX_REQUEST_HEAD);
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
+    let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {
