@@ -234,9 +234,7 @@ impl ByteSize {
     /// Parses `"64KiB"`, `"16 MiB"`, `"1GiB"`, `"100KB"` (decimal), `"512"`.
     pub fn parse(s: &str) -> Option<Self> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let n: u64 = num.parse().ok()?;
         let mult: u64 = match unit.trim() {
@@ -332,7 +330,11 @@ impl Config {
     }
 
     /// A one-route configuration for `wsgate --listen … --backend …`.
-    pub fn quick(listen: Vec<SocketAddr>, backends: Vec<String>, path: &str) -> Result<Self, ConfigError> {
+    pub fn quick(
+        listen: Vec<SocketAddr>,
+        backends: Vec<String>,
+        path: &str,
+    ) -> Result<Self, ConfigError> {
         let cfg = Config {
             server: ServerConfig {
                 listen: OneOrMany::Many(listen),
@@ -371,7 +373,10 @@ impl Config {
             message,
         };
         if self.server.listen.to_vec().is_empty() {
-            return Err(err("server.listen".into(), "needs at least one address".into()));
+            return Err(err(
+                "server.listen".into(),
+                "needs at least one address".into(),
+            ));
         }
         if self.server.buffer_size.0 < 1024 || self.server.buffer_size.0 > 16 << 20 {
             return Err(err(
@@ -398,7 +403,8 @@ impl Config {
                 return Err(err(k("backends"), "needs at least one backend".into()));
             }
             for (j, b) in u.backends.iter().enumerate() {
-                BackendUrl::parse(b).map_err(|e| err(k(&format!("backends[{j}]")), e.to_string()))?;
+                BackendUrl::parse(b)
+                    .map_err(|e| err(k(&format!("backends[{j}]")), e.to_string()))?;
             }
             u.policy
                 .parse::<Policy>()
@@ -410,7 +416,7 @@ impl Config {
                         format!("{} weights for {} backends", w.len(), u.backends.len()),
                     ));
                 }
-                if w.iter().any(|w| *w == 0) {
+                if w.contains(&0) {
                     return Err(err(k("weights"), "weights must be at least 1".into()));
                 }
             }
@@ -429,7 +435,8 @@ impl Config {
             if u.pool.is_some() {
                 return Err(err(
                     k("pool"),
-                    "the warm connection pool is not implemented yet (planned); remove the key".into(),
+                    "the warm connection pool is not implemented yet (planned); remove the key"
+                        .into(),
                 ));
             }
             if u.connect_timeout.0.is_zero() {
@@ -441,7 +448,10 @@ impl Config {
             let k = |s: &str| format!("route[{i}].{s}");
             RoutePath::parse(&r.path).map_err(|m| err(k("path"), m))?;
             if let Some(prev) = paths.insert(r.path.clone(), i) {
-                return Err(err(k("path"), format!("`{}` is also route[{prev}]'s path", r.path)));
+                return Err(err(
+                    k("path"),
+                    format!("`{}` is also route[{prev}]'s path", r.path),
+                ));
             }
             if !names.contains(r.upstream.as_str()) {
                 return Err(err(
@@ -465,13 +475,15 @@ impl Config {
             if r.jwt.is_some() {
                 return Err(err(
                     k("jwt"),
-                    "JWT checks are not wired into the proxy yet (planned); remove the section".into(),
+                    "JWT checks are not wired into the proxy yet (planned); remove the section"
+                        .into(),
                 ));
             }
             if r.rate_limit.is_some() {
                 return Err(err(
                     k("rate_limit"),
-                    "rate limits are not wired into the proxy yet (planned); remove the section".into(),
+                    "rate limits are not wired into the proxy yet (planned); remove the section"
+                        .into(),
                 ));
             }
         }
@@ -495,13 +507,11 @@ fn key_at(text: &str, offset: usize) -> String {
     let line_no = before.matches('\n').count() + 1;
     let line = text[line_start..].lines().next().unwrap_or("");
     let key = line.split('=').next().unwrap_or("").trim();
-    let section = before[..line_start]
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let l = l.trim();
-            l.starts_with('[').then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
-        });
+    let section = before[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
+    });
     let mut out = match (section, key.starts_with('[')) {
         (_, true) => key.trim_matches(|c| c == '[' || c == ']').to_string(),
         (Some(s), false) if !key.is_empty() => format!("{s}.{key}"),
@@ -536,20 +546,30 @@ idle_timeout = "5m"
     fn parses_the_documented_shape() {
         let c = Config::parse(GOOD, "t.toml").unwrap();
         assert_eq!(c.route[0].max_message, ByteSize(1 << 20));
-        assert_eq!(c.route[0].idle_timeout, Some(HumanDuration(Duration::from_secs(300))));
+        assert_eq!(
+            c.route[0].idle_timeout,
+            Some(HumanDuration(Duration::from_secs(300)))
+        );
     }
 
     #[test]
     fn errors_name_file_and_key() {
         let e = Config::parse(&GOOD.replace("policy", "polcy"), "t.toml").unwrap_err();
         assert_eq!(e.file, "t.toml");
-        assert!(e.key.contains("polcy") || e.message.contains("polcy"), "{e}");
+        assert!(
+            e.key.contains("polcy") || e.message.contains("polcy"),
+            "{e}"
+        );
         let e = Config::parse(&GOOD.replace("\"5m\"", "\"5 parsecs\""), "t.toml").unwrap_err();
         assert!(e.key.contains("idle_timeout"), "{e}");
-        let e = Config::parse(&GOOD.replace("upstream = \"echo\"", "upstream = \"nope\""), "t.toml")
-            .unwrap_err();
+        let e = Config::parse(
+            &GOOD.replace("upstream = \"echo\"", "upstream = \"nope\""),
+            "t.toml",
+        )
+        .unwrap_err();
         assert_eq!(e.key, "route[0].upstream");
-        let e = Config::parse(&GOOD.replace("ws://127.0.0.1:9002", "http://x"), "t.toml").unwrap_err();
+        let e =
+            Config::parse(&GOOD.replace("ws://127.0.0.1:9002", "http://x"), "t.toml").unwrap_err();
         assert_eq!(e.key, "upstream[0].backends[1]");
     }
 
@@ -559,7 +579,10 @@ idle_timeout = "5m"
         assert_eq!(ByteSize::parse("16 MiB"), Some(ByteSize(16 << 20)));
         assert_eq!(ByteSize::parse("12 parsecs"), None);
         assert_eq!(ByteSize::parse("99999999999999999999GiB"), None);
-        assert_eq!(RoutePath::parse("/chat/*"), Ok(RoutePath::Prefix("/chat".into())));
+        assert_eq!(
+            RoutePath::parse("/chat/*"),
+            Ok(RoutePath::Prefix("/chat".into()))
+        );
         assert!(RoutePath::parse("chat").is_err());
         assert!(RoutePath::parse("/a/*/b").is_err());
     }

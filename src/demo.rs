@@ -45,6 +45,7 @@ async fn echo_connection(stream: TcpStream, name: String, stop: CancellationToke
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20));
     // Choose the client's first subprotocol, as a typical application would.
+    #[allow(clippy::result_large_err)] // the signature is tungstenite's callback type
     let pick = |req: &Request, mut resp: Response| {
         if let Some(first) = req
             .headers()
@@ -109,13 +110,19 @@ impl Demo {
 }
 
 /// The demo's configuration: one route `/ws` to the given backends, round-robin.
-pub fn demo_config(listen: SocketAddr, admin: Option<SocketAddr>, backends: &[SocketAddr]) -> Result<Config, crate::config::ConfigError> {
+pub fn demo_config(
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    backends: &[SocketAddr],
+) -> Result<Config, crate::config::ConfigError> {
     let backend_list = backends
         .iter()
         .map(|b| format!("\"ws://{b}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let admin = admin.map(|a| format!("admin = \"{a}\"\n")).unwrap_or_default();
+    let admin = admin
+        .map(|a| format!("admin = \"{a}\"\n"))
+        .unwrap_or_default();
     let text = format!(
         r#"
 [server]
@@ -148,12 +155,22 @@ pub async fn start_demo(listen: SocketAddr, admin: Option<SocketAddr>) -> Result
         let l = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        let bound = l.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let bound = l
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
         backends.push(bound);
-        tasks.spawn(echo_backend(l, format!("backend-{i} ({bound})"), stop.clone()));
+        tasks.spawn(echo_backend(
+            l,
+            format!("backend-{i} ({bound})"),
+            stop.clone(),
+        ));
     }
-    let cfg = demo_config(listen, admin, &backends).map_err(|e| StartError::Config(e.to_string()))?;
-    let gate = start_with(&cfg, |r: Router| r.route("/", get(|| async { Html(DEMO_PAGE) }))).await?;
+    let cfg =
+        demo_config(listen, admin, &backends).map_err(|e| StartError::Config(e.to_string()))?;
+    let gate = start_with(&cfg, |r: Router| {
+        r.route("/", get(|| async { Html(DEMO_PAGE) }))
+    })
+    .await?;
     Ok(Demo {
         gate,
         backends,

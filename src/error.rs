@@ -30,7 +30,10 @@ impl IntoResponse for HandshakeRejection {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, &[(header::ALLOW, "GET")]),
             Self::NotWebSocket => (
                 StatusCode::UPGRADE_REQUIRED,
-                &[(header::UPGRADE, "websocket"), (header::CONNECTION, "Upgrade")],
+                &[
+                    (header::UPGRADE, "websocket"),
+                    (header::CONNECTION, "Upgrade"),
+                ],
             ),
             Self::UnsupportedVersion => (
                 StatusCode::UPGRADE_REQUIRED,
@@ -88,7 +91,10 @@ impl UpstreamError {
     /// Another backend may succeed where this one failed (the client has not been
     /// answered and nothing was sent that a retry would repeat with effect).
     pub fn retryable(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::Timeout { .. } | Self::Tls { .. })
+        matches!(
+            self,
+            Self::Connect { .. } | Self::Timeout { .. } | Self::Tls { .. }
+        )
     }
 }
 

@@ -386,8 +386,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("gw.test"));
         h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
-        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         h.insert(
             header::SEC_WEBSOCKET_KEY,
             HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
@@ -436,7 +442,10 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-app", HeaderValue::from_static("kept"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("dropped"));
         let hs = check_client(&Method::GET, Version::HTTP_11, &h).unwrap();
         let fwd = Forwarding {
@@ -460,11 +469,16 @@ mod tests {
     #[test]
     fn upstream_answer_checks_accept_and_protocol() {
         let mut h = client_headers();
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("a, b"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("a, b"),
+        );
         let hs = check_client(&Method::GET, Version::HTTP_11, &h).unwrap();
         let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: b\r\n\r\nXY";
         match parse_upstream_response(ok, &hs).unwrap().unwrap() {
-            UpstreamAnswer::Switching { protocol, head_len, .. } => {
+            UpstreamAnswer::Switching {
+                protocol, head_len, ..
+            } => {
                 assert_eq!(protocol.unwrap(), "b");
                 assert_eq!(&ok[head_len..], b"XY");
             }
@@ -476,7 +490,11 @@ mod tests {
         let forbidden = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope";
         assert!(matches!(
             parse_upstream_response(forbidden, &hs).unwrap().unwrap(),
-            UpstreamAnswer::Refused { status: StatusCode::FORBIDDEN, content_length: Some(4), .. }
+            UpstreamAnswer::Refused {
+                status: StatusCode::FORBIDDEN,
+                content_length: Some(4),
+                ..
+            }
         ));
     }
 }

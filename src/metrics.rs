@@ -55,7 +55,9 @@ const LATENCY_BUCKETS: [f64; 12] = [
 ];
 
 /// Close codes counted by name; others fall into "other".
-const CLOSE_CODES: [u16; 12] = [1000, 1001, 1002, 1003, 1005, 1007, 1008, 1009, 1011, 1012, 1014, 4401];
+const CLOSE_CODES: [u16; 12] = [
+    1000, 1001, 1002, 1003, 1005, 1007, 1008, 1009, 1011, 1012, 1014, 4401,
+];
 
 /// Process-wide counters.
 #[derive(Debug, Default)]
@@ -85,7 +87,10 @@ impl Drop for ActiveSocket {
 impl Metrics {
     /// Records a handshake's outcome and how long wsgate took to decide it.
     pub fn handshake(&self, outcome: Outcome, took: Duration) {
-        let i = OUTCOMES.iter().position(|(o, _)| *o == outcome).unwrap_or(0);
+        let i = OUTCOMES
+            .iter()
+            .position(|(o, _)| *o == outcome)
+            .unwrap_or(0);
         self.handshakes[i].fetch_add(1, Relaxed);
         let secs = took.as_secs_f64();
         let b = LATENCY_BUCKETS
@@ -111,7 +116,10 @@ impl Metrics {
 
     /// Handshakes so far with this outcome.
     pub fn handshakes(&self, outcome: Outcome) -> u64 {
-        let i = OUTCOMES.iter().position(|(o, _)| *o == outcome).unwrap_or(0);
+        let i = OUTCOMES
+            .iter()
+            .position(|(o, _)| *o == outcome)
+            .unwrap_or(0);
         self.handshakes[i].load(Relaxed)
     }
 
@@ -135,29 +143,67 @@ impl Metrics {
         let _ = writeln!(s, "# HELP wsgate_connections_total Proxied WebSockets opened.\n# TYPE wsgate_connections_total counter\nwsgate_connections_total {}", self.sockets_total.load(Relaxed));
         let _ = writeln!(s, "# HELP wsgate_handshakes_total Client handshakes by outcome.\n# TYPE wsgate_handshakes_total counter");
         for (i, (_, name)) in OUTCOMES.iter().enumerate() {
-            let _ = writeln!(s, "wsgate_handshakes_total{{outcome=\"{name}\"}} {}", self.handshakes[i].load(Relaxed));
+            let _ = writeln!(
+                s,
+                "wsgate_handshakes_total{{outcome=\"{name}\"}} {}",
+                self.handshakes[i].load(Relaxed)
+            );
         }
         let _ = writeln!(s, "# HELP wsgate_handshake_duration_seconds Time from request to answer.\n# TYPE wsgate_handshake_duration_seconds histogram");
         let mut cum = 0;
         for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
             cum += self.latency[i].load(Relaxed);
-            let _ = writeln!(s, "wsgate_handshake_duration_seconds_bucket{{le=\"{le}\"}} {cum}");
+            let _ = writeln!(
+                s,
+                "wsgate_handshake_duration_seconds_bucket{{le=\"{le}\"}} {cum}"
+            );
         }
         cum += self.latency[LATENCY_BUCKETS.len()].load(Relaxed);
-        let _ = writeln!(s, "wsgate_handshake_duration_seconds_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(s, "wsgate_handshake_duration_seconds_sum {}", self.latency_sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            s,
+            "wsgate_handshake_duration_seconds_bucket{{le=\"+Inf\"}} {cum}"
+        );
+        let _ = writeln!(
+            s,
+            "wsgate_handshake_duration_seconds_sum {}",
+            self.latency_sum_us.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(s, "wsgate_handshake_duration_seconds_count {cum}");
         let _ = writeln!(s, "# HELP wsgate_bytes_total Bytes relayed (counted when a socket closes).\n# TYPE wsgate_bytes_total counter");
-        let _ = writeln!(s, "wsgate_bytes_total{{direction=\"up\"}} {}", self.bytes_up.load(Relaxed));
-        let _ = writeln!(s, "wsgate_bytes_total{{direction=\"down\"}} {}", self.bytes_down.load(Relaxed));
+        let _ = writeln!(
+            s,
+            "wsgate_bytes_total{{direction=\"up\"}} {}",
+            self.bytes_up.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "wsgate_bytes_total{{direction=\"down\"}} {}",
+            self.bytes_down.load(Relaxed)
+        );
         let _ = writeln!(s, "# HELP wsgate_messages_total Messages relayed (counted when a socket closes).\n# TYPE wsgate_messages_total counter");
-        let _ = writeln!(s, "wsgate_messages_total{{direction=\"up\"}} {}", self.messages_up.load(Relaxed));
-        let _ = writeln!(s, "wsgate_messages_total{{direction=\"down\"}} {}", self.messages_down.load(Relaxed));
+        let _ = writeln!(
+            s,
+            "wsgate_messages_total{{direction=\"up\"}} {}",
+            self.messages_up.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "wsgate_messages_total{{direction=\"down\"}} {}",
+            self.messages_down.load(Relaxed)
+        );
         let _ = writeln!(s, "# HELP wsgate_closes_total Closed sockets by the first close code.\n# TYPE wsgate_closes_total counter");
         for (i, code) in CLOSE_CODES.iter().enumerate() {
-            let _ = writeln!(s, "wsgate_closes_total{{code=\"{code}\"}} {}", self.closes[i].load(Relaxed));
+            let _ = writeln!(
+                s,
+                "wsgate_closes_total{{code=\"{code}\"}} {}",
+                self.closes[i].load(Relaxed)
+            );
         }
-        let _ = writeln!(s, "wsgate_closes_total{{code=\"other\"}} {}", self.closes[CLOSE_CODES.len()].load(Relaxed));
+        let _ = writeln!(
+            s,
+            "wsgate_closes_total{{code=\"other\"}} {}",
+            self.closes[CLOSE_CODES.len()].load(Relaxed)
+        );
         s.push_str(extra);
         s
     }

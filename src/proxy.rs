@@ -94,12 +94,22 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         Err(r) => return (Outcome::BadRequest, r.into_response()),
     };
     if let Some(allowed) = &route.origins {
-        let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
-        let ok = origin.is_some_and(|o| allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(o)));
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok());
+        let ok = origin.is_some_and(|o| {
+            allowed
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
+        });
         if !ok {
             return (
                 Outcome::Forbidden,
-                text(StatusCode::FORBIDDEN, "origin not allowed on this route\n".into()),
+                text(
+                    StatusCode::FORBIDDEN,
+                    "origin not allowed on this route\n".into(),
+                ),
             );
         }
     }
@@ -193,7 +203,10 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
     else {
         return (
             Outcome::UpstreamFailed,
-            text(StatusCode::BAD_GATEWAY, "backend broke the handshake\n".into()),
+            text(
+                StatusCode::BAD_GATEWAY,
+                "backend broke the handshake\n".into(),
+            ),
         );
     };
 

@@ -94,14 +94,20 @@ impl Running {
             .await
             .is_err()
         {
-            info!(open = self.metrics.active(), "closing open sockets with 1001");
+            info!(
+                open = self.metrics.active(),
+                "closing open sockets with 1001"
+            );
             self.shared.drain.cancel();
             let deadline = self.shared.drain_jitter + self.close_timeout + Duration::from_secs(1);
             if tokio::time::timeout(deadline, self.shared.tracker.wait())
                 .await
                 .is_err()
             {
-                warn!(open = self.metrics.active(), "shutdown deadline passed; dropping sockets");
+                warn!(
+                    open = self.metrics.active(),
+                    "shutdown deadline passed; dropping sockets"
+                );
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.listeners.wait()).await;
@@ -147,7 +153,10 @@ pub async fn start_with(
         let l = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        listen.push(l.local_addr().map_err(|source| StartError::Bind { addr, source })?);
+        listen.push(
+            l.local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?,
+        );
         listeners.spawn(accept_loop(
             l,
             router.clone(),
@@ -163,7 +172,9 @@ pub async fn start_with(
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })?;
-            let bound = l.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
             let admin = crate::admin::router(metrics.clone(), upstreams.clone(), ready.clone());
             listeners.spawn(accept_loop(
                 l,
@@ -197,10 +208,12 @@ fn build_router(cfg: &Config, shared: &Shared) -> Result<(Router, Vec<Arc<Upstre
     let mut upstreams = Vec::new();
     let mut connectors = Vec::new();
     for u in &cfg.upstream {
-        let policy: Policy = u
-            .policy
-            .parse()
-            .map_err(|e: wsgate_layers::upstream::UpstreamError| StartError::Config(e.to_string()))?;
+        let policy: Policy =
+            u.policy
+                .parse()
+                .map_err(|e: wsgate_layers::upstream::UpstreamError| {
+                    StartError::Config(e.to_string())
+                })?;
         let weights = u.weights.clone().unwrap_or_default();
         let backends = u
             .backends
@@ -218,10 +231,15 @@ fn build_router(cfg: &Config, shared: &Shared) -> Result<(Router, Vec<Arc<Upstre
             .map_err(|e| StartError::Config(format!("upstream `{}`: {e}", u.name)))?;
         let tls = tls_client_config(u.ca_file.as_deref())
             .map_err(|e| StartError::Config(format!("upstream `{}`.ca_file: {e}", u.name)))?;
-        connectors.push(Connector::new(tls, u.connect_timeout.0, u.handshake_timeout.0));
+        connectors.push(Connector::new(
+            tls,
+            u.connect_timeout.0,
+            u.handshake_timeout.0,
+        ));
         upstreams.push(Arc::new(up));
     }
-    let client_ip = ClientIpLayer::new().trusted_proxies(cfg.server.trusted_proxies.iter().copied());
+    let client_ip =
+        ClientIpLayer::new().trusted_proxies(cfg.server.trusted_proxies.iter().copied());
     let mut router = Router::new();
     for r in &cfg.route {
         let i = cfg
@@ -251,7 +269,11 @@ fn build_router(cfg: &Config, shared: &Shared) -> Result<(Router, Vec<Arc<Upstre
         router = match Config::route_path(r) {
             RoutePath::Exact(p) => router.route(&p, method_router),
             RoutePath::Prefix(p) => {
-                let base = if p.is_empty() { "/".to_string() } else { p.clone() };
+                let base = if p.is_empty() {
+                    "/".to_string()
+                } else {
+                    p.clone()
+                };
                 let wildcard = format!("{}/{{*rest}}", p);
                 router
                     .route(&base, method_router.clone())
@@ -259,9 +281,8 @@ fn build_router(cfg: &Config, shared: &Shared) -> Result<(Router, Vec<Arc<Upstre
             }
         };
     }
-    let router = router.fallback(|| async {
-        text(StatusCode::NOT_FOUND, "no route for this path\n".into())
-    });
+    let router = router
+        .fallback(|| async { text(StatusCode::NOT_FOUND, "no route for this path\n".into()) });
     Ok((router, upstreams))
 }
 
@@ -358,7 +379,9 @@ async fn serve_http<I>(
         .timer(TokioTimer::new())
         .header_read_timeout(opts.handshake_timeout)
         .max_buf_size(MAX_REQUEST_HEAD);
-    let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {

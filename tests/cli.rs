@@ -12,7 +12,11 @@ fn shipped_example_config_checks_clean() {
         .args(["--config", "examples/wsgate.toml", "--check"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 }
 
@@ -20,12 +24,36 @@ fn shipped_example_config_checks_clean() {
 fn bad_config_exits_nonzero_naming_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("policy = \"round_robin\"", "polcy = \"round_robin\"", "polcy"),
-        ("policy = \"round_robin\"", "policy = \"fastest\"", "upstream[0].policy"),
-        ("upstream = \"echo\"", "upstream = \"missing\"", "route[0].upstream"),
-        ("idle_timeout = \"5m\"", "idle_timeout = \"5 lightyears\"", "idle_timeout"),
-        ("max_message = \"16MiB\"", "max_message = \"huge\"", "max_message"),
-        ("\"ws://127.0.0.1:9002\"", "\"http://127.0.0.1:9002\"", "upstream[0].backends[1]"),
+        (
+            "policy = \"round_robin\"",
+            "polcy = \"round_robin\"",
+            "polcy",
+        ),
+        (
+            "policy = \"round_robin\"",
+            "policy = \"fastest\"",
+            "upstream[0].policy",
+        ),
+        (
+            "upstream = \"echo\"",
+            "upstream = \"missing\"",
+            "route[0].upstream",
+        ),
+        (
+            "idle_timeout = \"5m\"",
+            "idle_timeout = \"5 lightyears\"",
+            "idle_timeout",
+        ),
+        (
+            "max_message = \"16MiB\"",
+            "max_message = \"huge\"",
+            "max_message",
+        ),
+        (
+            "\"ws://127.0.0.1:9002\"",
+            "\"http://127.0.0.1:9002\"",
+            "upstream[0].backends[1]",
+        ),
     ];
     let good = std::fs::read_to_string("examples/wsgate.toml").unwrap();
     for (from, to, key) in cases {
@@ -52,7 +80,10 @@ fn missing_config_file_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/wsgate.toml") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("/nonexistent/wsgate.toml") && err.contains("cannot read"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -61,7 +92,11 @@ fn quick_mode_checks_its_backends() {
         .args(["--backend", "ws://127.0.0.1:9001", "--check"])
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let bad = wsgate()
         .args(["--backend", "tcp://127.0.0.1:9001", "--check"])
         .output()

@@ -8,9 +8,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn demo_serves_its_page_and_alternates_between_its_two_backends() {
-    let d = wsgate::demo::start_demo("127.0.0.1:0".parse().unwrap(), Some("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
+    let d = wsgate::demo::start_demo(
+        "127.0.0.1:0".parse().unwrap(),
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
     let addr = d.gate.listen[0];
     let page = reqwest_get(&format!("{addr}"), "/").await;
     assert!(page.contains("new WebSocket"), "{page}");

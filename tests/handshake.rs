@@ -12,9 +12,12 @@ async fn subprotocol_is_the_backends_choice() {
     opts.pick_protocol = Arc::new(|offered: &[String]| offered.get(1).cloned());
     let b = Backend::start(opts).await;
     let g = gate(&one_route(&[&b.url], "")).await;
-    let (_ws, resp) = connect_with(&ws_url(&g, "/ws"), &[("sec-websocket-protocol", "chat.v2, chat.v1")])
-        .await
-        .unwrap();
+    let (_ws, resp) = connect_with(
+        &ws_url(&g, "/ws"),
+        &[("sec-websocket-protocol", "chat.v2, chat.v1")],
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat.v1");
 }
 
@@ -26,9 +29,17 @@ async fn backend_choosing_no_subprotocol_gives_the_client_none() {
     let g = gate(&one_route(&[&b.url], "")).await;
     // tungstenite refuses a handshake that offered protocols and got none back, so look
     // at the raw answer.
-    let resp = raw_handshake(&g.listen[0].to_string(), "/ws", "Sec-WebSocket-Protocol: chat.v1\r\n").await;
+    let resp = raw_handshake(
+        &g.listen[0].to_string(),
+        "/ws",
+        "Sec-WebSocket-Protocol: chat.v1\r\n",
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
-    assert!(!resp.to_ascii_lowercase().contains("sec-websocket-protocol"), "{resp}");
+    assert!(
+        !resp.to_ascii_lowercase().contains("sec-websocket-protocol"),
+        "{resp}"
+    );
 }
 
 #[tokio::test]
@@ -53,7 +64,10 @@ async fn path_query_and_end_to_end_headers_reach_the_backend() {
     // An untrusted client cannot choose the IP the backend sees.
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-real-ip"], "127.0.0.1");
-    assert!(h["forwarded"].to_str().unwrap().starts_with("for=127.0.0.1;proto=http"));
+    assert!(h["forwarded"]
+        .to_str()
+        .unwrap()
+        .starts_with("for=127.0.0.1;proto=http"));
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], g.listen[0].to_string().as_str());
     assert!(h.get("keep-alive").is_none());
@@ -84,7 +98,11 @@ async fn unreachable_backend_is_502_and_nothing_leaks() {
     for _ in 0..5 {
         assert_eq!(refused_status(&ws_url(&g, "/ws"), &[]).await, 502);
     }
-    assert_eq!(g.metrics.handshakes(wsgate::metrics::Outcome::UpstreamFailed), 5);
+    assert_eq!(
+        g.metrics
+            .handshakes(wsgate::metrics::Outcome::UpstreamFailed),
+        5
+    );
     assert_no_leak(&g).await;
 }
 
@@ -98,9 +116,12 @@ async fn failed_backend_is_retried_on_the_next_one_before_the_101() {
     let g = gate(&one_route(&[&format!("ws://{dead}"), &b.url], "")).await;
     for _ in 0..4 {
         let mut ws = connect(&ws_url(&g, "/ws")).await;
-        futures_util::SinkExt::send(&mut ws, tokio_tungstenite::tungstenite::Message::text("whoami"))
-            .await
-            .unwrap();
+        futures_util::SinkExt::send(
+            &mut ws,
+            tokio_tungstenite::tungstenite::Message::text("whoami"),
+        )
+        .await
+        .unwrap();
         assert_eq!(recv(&mut ws).await.into_text().unwrap().as_str(), "alive");
     }
 }
@@ -115,7 +136,11 @@ async fn plain_http_unknown_paths_and_bad_handshakes_get_clear_statuses() {
     assert!(get.to_ascii_lowercase().contains("upgrade: websocket"));
     let nf = raw_request(&addr, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(nf.starts_with("HTTP/1.1 404"), "{nf}");
-    let post = raw_request(&addr, "POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+    let post = raw_request(
+        &addr,
+        "POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
     let v8 = raw_request(&addr, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await;
     assert!(v8.starts_with("HTTP/1.1 426"), "{v8}");
@@ -178,7 +203,9 @@ async fn permessage_deflate_offer_reaches_the_backend_and_its_answer_the_client(
             .await
             .unwrap();
         // "Hello" compressed, from RFC 7692 §7.2.3.1.
-        s.write_all(&[0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]).await.unwrap();
+        s.write_all(&[0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00])
+            .await
+            .unwrap();
         req
     });
     let g = gate(&one_route(&[&format!("ws://{addr}")], "")).await;
@@ -201,6 +228,12 @@ async fn permessage_deflate_offer_reaches_the_backend_and_its_answer_the_client(
     assert!(head.starts_with("http/1.1 101"));
     assert!(head.contains("sec-websocket-extensions: permessage-deflate"));
     let req = backend.await.unwrap().to_ascii_lowercase();
-    assert!(req.contains("sec-websocket-extensions: permessage-deflate; client_max_window_bits"), "{req}");
-    assert!(!req.contains("x-unknown-ext"), "unknown extensions must not be offered upstream");
+    assert!(
+        req.contains("sec-websocket-extensions: permessage-deflate; client_max_window_bits"),
+        "{req}"
+    );
+    assert!(
+        !req.contains("x-unknown-ext"),
+        "unknown extensions must not be offered upstream"
+    );
 }

@@ -39,9 +39,13 @@ async fn message_over_the_route_limit_closes_with_1009() {
     let b = Backend::start(BackendOpts::named("a")).await;
     let g = gate(&one_route(&[&b.url], "max_message = \"1KiB\"")).await;
     let mut ws = connect(&ws_url(&g, "/ws")).await;
-    ws.send(Message::Binary(Bytes::from(vec![1u8; 1024]))).await.unwrap();
+    ws.send(Message::Binary(Bytes::from(vec![1u8; 1024])))
+        .await
+        .unwrap();
     assert_eq!(recv(&mut ws).await.len(), 1024);
-    ws.send(Message::Binary(Bytes::from(vec![1u8; 1025]))).await.unwrap();
+    ws.send(Message::Binary(Bytes::from(vec![1u8; 1025])))
+        .await
+        .unwrap();
     assert_eq!(recv_close(&mut ws).await.0, 1009);
     assert_no_leak(&g).await;
 }
@@ -63,7 +67,10 @@ async fn raw_ws(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
 /// Reads one unmasked server frame's opcode and payload.
 async fn read_frame(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
     let mut h = [0u8; 2];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(h[1] & 0x80, 0, "server frames are unmasked");
     let len = match h[1] & 0x7f {
         126 => {
@@ -84,9 +91,9 @@ async fn protocol_violations_close_with_1002_and_the_next_client_is_served() {
     let b = Backend::start(BackendOpts::named("a")).await;
     let g = gate(&one_route(&[&b.url], "")).await;
     let bad_frames: [&[u8]; 4] = [
-        &[0x81, 0x02, b'h', b'i'],                   // unmasked client frame
-        &[0x83, 0x80, 1, 2, 3, 4],                   // reserved opcode 3
-        &[0x09, 0x80, 1, 2, 3, 4],                   // fragmented ping
+        &[0x81, 0x02, b'h', b'i'], // unmasked client frame
+        &[0x83, 0x80, 1, 2, 3, 4], // reserved opcode 3
+        &[0x09, 0x80, 1, 2, 3, 4], // fragmented ping
         &[0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4], // length 2^63
     ];
     for bad in bad_frames {
@@ -94,7 +101,11 @@ async fn protocol_violations_close_with_1002_and_the_next_client_is_served() {
         s.write_all(bad).await.unwrap();
         let (op, payload) = read_frame(&mut s).await;
         assert_eq!(op, 8, "expected a close frame for {bad:?}");
-        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002, "{bad:?}");
+        assert_eq!(
+            u16::from_be_bytes([payload[0], payload[1]]),
+            1002,
+            "{bad:?}"
+        );
     }
     let mut ws = connect(&ws_url(&g, "/ws")).await;
     ws.send(Message::text("still fine")).await.unwrap();
@@ -126,7 +137,10 @@ async fn shutdown_closes_open_sockets_with_1001_and_waits_for_them() {
     assert_eq!((code, reason.as_str()), (1001, "going away"));
     assert_eq!(b.next_close().await.0, 1001);
     drop(ws);
-    tokio::time::timeout(Duration::from_secs(10), shutting).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), shutting)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(metrics.active(), 0);
 }
 

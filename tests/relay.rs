@@ -22,9 +22,17 @@ async fn messages_from_empty_to_16_mib_round_trip_unchanged() {
     let mut ws = connect(&ws_url(&g, "/ws")).await;
     for size in [0usize, 1, 125, 126, 127, 65535, 65536, 1 << 20, 16 << 20] {
         let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
-        ws.send(Message::Binary(Bytes::from(data.clone()))).await.unwrap();
-        assert_eq!(recv(&mut ws).await, Message::Binary(Bytes::from(data)), "binary {size}");
-        let text: String = (0..size.min(1 << 20)).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        ws.send(Message::Binary(Bytes::from(data.clone())))
+            .await
+            .unwrap();
+        assert_eq!(
+            recv(&mut ws).await,
+            Message::Binary(Bytes::from(data)),
+            "binary {size}"
+        );
+        let text: String = (0..size.min(1 << 20))
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         ws.send(Message::text(text.clone())).await.unwrap();
         assert_eq!(recv(&mut ws).await, Message::text(text), "text {size}");
     }
@@ -49,7 +57,9 @@ async fn fragmented_messages_arrive_whole() {
         ws.send(Message::Frame(frame)).await.unwrap();
         if i == 1 {
             // A control frame in the middle of a fragmented message is legal.
-            ws.send(Message::Ping(Bytes::from_static(b"mid"))).await.unwrap();
+            ws.send(Message::Ping(Bytes::from_static(b"mid")))
+                .await
+                .unwrap();
         }
     }
     assert_eq!(recv(&mut ws).await, Message::text(parts.concat()));
@@ -60,11 +70,16 @@ async fn ping_is_answered_with_its_payload() {
     let b = Backend::start(BackendOpts::named("a")).await;
     let g = gate(&one_route(&[&b.url], "")).await;
     let mut ws = connect(&ws_url(&g, "/ws")).await;
-    ws.send(Message::Ping(Bytes::from_static(b"are you there"))).await.unwrap();
+    ws.send(Message::Ping(Bytes::from_static(b"are you there")))
+        .await
+        .unwrap();
     loop {
-        match tokio::time::timeout(std::time::Duration::from_secs(5), futures_util::StreamExt::next(&mut ws))
-            .await
-            .expect("no pong")
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            futures_util::StreamExt::next(&mut ws),
+        )
+        .await
+        .expect("no pong")
         {
             Some(Ok(Message::Pong(p))) => {
                 assert_eq!(&p[..], b"are you there");
@@ -99,8 +114,13 @@ async fn backend_close_code_and_reason_reach_the_client() {
     let b = Backend::start(BackendOpts::named("a")).await;
     let g = gate(&one_route(&[&b.url], "")).await;
     let mut ws = connect(&ws_url(&g, "/ws")).await;
-    ws.send(Message::text("close:4002:see you later")).await.unwrap();
-    assert_eq!(recv_close(&mut ws).await, (4002, "see you later".to_string()));
+    ws.send(Message::text("close:4002:see you later"))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv_close(&mut ws).await,
+        (4002, "see you later".to_string())
+    );
     assert_no_leak(&g).await;
 }
 

@@ -79,7 +79,9 @@ async fn wss_backend_with_a_custom_ca() {
                 let mut ws = tokio_tungstenite::accept_async(tls).await.unwrap();
                 while let Some(Ok(m)) = futures_util::StreamExt::next(&mut ws).await {
                     if m.is_text() {
-                        ws.send(Message::text(format!("tls:{}", m.into_text().unwrap()))).await.unwrap();
+                        ws.send(Message::text(format!("tls:{}", m.into_text().unwrap())))
+                            .await
+                            .unwrap();
                     }
                 }
             });
@@ -135,9 +137,14 @@ upstream = "b"
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
+        .await
+        .unwrap();
     ws.send(Message::text("whoami")).await.unwrap();
-    let got = futures_util::StreamExt::next(&mut ws).await.unwrap().unwrap();
+    let got = futures_util::StreamExt::next(&mut ws)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, Message::text("plain"));
     ws.close(None).await.unwrap();
     assert_no_leak(&g).await;

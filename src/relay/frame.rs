@@ -240,7 +240,9 @@ impl FrameScanner {
             }
         } else {
             if rsv & !self.rules.rsv_allowed != 0 {
-                return Err(protocol_error("RSV bits set without a negotiated extension"));
+                return Err(protocol_error(
+                    "RSV bits set without a negotiated extension",
+                ));
             }
             match opcode {
                 0x0 if !self.fragmented => {
@@ -393,7 +395,13 @@ mod tests {
         data.extend(frame(true, 9, b"ping", None));
         data.extend(frame(true, 0, &[8; 70000], None));
         let r = s.scan(&data);
-        assert_eq!(r, Scan { forward: data.len(), stop: Stop::More });
+        assert_eq!(
+            r,
+            Scan {
+                forward: data.len(),
+                stop: Stop::More
+            }
+        );
         assert_eq!(s.messages, 2);
     }
 
@@ -430,15 +438,15 @@ mod tests {
     #[test]
     fn rule_breaking_frames_are_stopped_before_their_header() {
         let cases: Vec<(ScanRules, Vec<u8>, u16)> = vec![
-            (CLIENT, frame(true, 1, b"x", None), 1002),              // unmasked client frame
-            (SERVER, frame(true, 1, b"x", Some([1; 4])), 1002),     // masked server frame
-            (SERVER, frame(true, 3, b"", None), 1002),              // reserved data opcode
-            (SERVER, frame(true, 0xB, b"", None), 1002),            // reserved control opcode
-            (SERVER, frame(false, 9, b"", None), 1002),             // fragmented ping
-            (SERVER, frame(true, 9, &[0; 126], None), 1002),        // long ping
-            (SERVER, frame(true, 0, b"x", None), 1002),             // stray continuation
+            (CLIENT, frame(true, 1, b"x", None), 1002), // unmasked client frame
+            (SERVER, frame(true, 1, b"x", Some([1; 4])), 1002), // masked server frame
+            (SERVER, frame(true, 3, b"", None), 1002),  // reserved data opcode
+            (SERVER, frame(true, 0xB, b"", None), 1002), // reserved control opcode
+            (SERVER, frame(false, 9, b"", None), 1002), // fragmented ping
+            (SERVER, frame(true, 9, &[0; 126], None), 1002), // long ping
+            (SERVER, frame(true, 0, b"x", None), 1002), // stray continuation
             (SERVER, frame(true, 2, &[0; (1 << 20) + 1], None), 1009), // too big
-            (SERVER, vec![0xC1, 0x00], 1002),                       // RSV1 not negotiated
+            (SERVER, vec![0xC1, 0x00], 1002),           // RSV1 not negotiated
             (SERVER, vec![0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0], 1002), // 2^63 length
         ];
         for (rules, bad, code) in cases {
@@ -448,13 +456,19 @@ mod tests {
             data.extend(bad);
             let r = s.scan(&data);
             assert_eq!(r.forward, good.len());
-            assert!(matches!(r.stop, Stop::Violation(v) if v.code == code), "{r:?}");
+            assert!(
+                matches!(r.stop, Stop::Violation(v) if v.code == code),
+                "{r:?}"
+            );
         }
     }
 
     #[test]
     fn fragments_count_toward_the_message_limit() {
-        let rules = ScanRules { max_message: 100, ..SERVER };
+        let rules = ScanRules {
+            max_message: 100,
+            ..SERVER
+        };
         let mut s = FrameScanner::new(rules);
         let mut data = frame(false, 1, &[b'a'; 60], None);
         let first = data.len();
@@ -474,7 +488,13 @@ mod tests {
         let mut rest = a[5..].to_vec();
         rest.extend(frame(true, 2, &[2; 10], None));
         let r = s.scan(&rest);
-        assert_eq!(r, Scan { forward: a.len() - 5, stop: Stop::Boundary });
+        assert_eq!(
+            r,
+            Scan {
+                forward: a.len() - 5,
+                stop: Stop::Boundary
+            }
+        );
     }
 
     #[test]

@@ -139,9 +139,11 @@ pub async fn relay(
     let mut shutdown = pin!(shutdown);
     let far = TokioInstant::now() + Duration::from_secs(86400 * 365);
     let idle_every = settings.idle_timeout;
-    let mut idle = pin!(sleep_until(idle_every.map_or(far, |d| TokioInstant::now() + d)));
+    let mut idle = pin!(sleep_until(
+        idle_every.map_or(far, |d| TokioInstant::now() + d)
+    ));
     let mut expiry = pin!(sleep_until(
-        settings.expires_at.map_or(far, |at| TokioInstant::from_std(at))
+        settings.expires_at.map_or(far, TokioInstant::from_std)
     ));
     let mut close_deadline = pin!(sleep_until(far));
     let mut closing = false;
@@ -239,7 +241,13 @@ pub async fn relay(
             Wake::Idle => {}
             Wake::CloseTimeout => break,
         }
-        if !closing && (up.dst_closed || down.dst_closed || up.is_done() || down.is_done() || !report.closed_by.is_empty()) {
+        if !closing
+            && (up.dst_closed
+                || down.dst_closed
+                || up.is_done()
+                || down.is_done()
+                || !report.closed_by.is_empty())
+        {
             closing = true;
             close_deadline
                 .as_mut()

@@ -87,7 +87,9 @@ impl Pump {
         // Client-bound frames are unmasked, so the destination of a masked source is a
         // backend, which needs masked frames.
         let mask_to_dst = rules.masked;
-        let buf_size = buf_size.max(initial.len()).max(super::frame::MAX_HEADER * 2);
+        let buf_size = buf_size
+            .max(initial.len())
+            .max(super::frame::MAX_HEADER * 2);
         let mut pump = Self {
             scanner: FrameScanner::new(rules),
             buf: None,

@@ -119,12 +119,15 @@ impl Connector {
                 backend: name(),
                 after: self.connect_timeout,
             })??;
-        timeout(self.handshake_timeout, upgrade(stream, request, hs, backend))
-            .await
-            .map_err(|_| UpstreamError::Timeout {
-                backend: name(),
-                after: self.handshake_timeout,
-            })?
+        timeout(
+            self.handshake_timeout,
+            upgrade(stream, request, hs, backend),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout {
+            backend: name(),
+            after: self.handshake_timeout,
+        })?
     }
 
     async fn connect(&self, backend: &Backend) -> Result<Stream, UpstreamError> {
@@ -144,12 +147,11 @@ impl Connector {
         if !url.is_secure() {
             return Ok(Stream::Tcp(tcp));
         }
-        let server_name = ServerName::try_from(url.host().to_string()).map_err(|e| {
-            UpstreamError::Tls {
+        let server_name =
+            ServerName::try_from(url.host().to_string()).map_err(|e| UpstreamError::Tls {
                 backend: url.to_string(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let tls = self
             .tls
             .connect(server_name, tcp)

@@ -8,5 +8,5 @@
 
 mod connect;
 
-pub use connect::{tls_client_config, Connector};
 pub(crate) use connect::Opened;
+pub use connect::{tls_client_config, Connector};

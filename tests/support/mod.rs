@@ -1,11 +1,9 @@
 //! Shared test helpers: real backends, a real wsgate, real clients, all on loopback.
 #![allow(dead_code)]
+// tungstenite's handshake callback returns its large ErrorResponse by value.
+#![allow(clippy::result_large_err)]
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
@@ -37,12 +35,15 @@ pub enum Seen {
     Gone,
 }
 
+/// Chooses a subprotocol from the client's offer.
+pub type PickProtocol = Arc<dyn Fn(&[String]) -> Option<String> + Send + Sync>;
+
 /// How a test backend behaves.
 #[derive(Clone)]
 pub struct BackendOpts {
     pub name: String,
     /// Pick a subprotocol from the offered list.
-    pub pick_protocol: Arc<dyn Fn(&[String]) -> Option<String> + Send + Sync>,
+    pub pick_protocol: PickProtocol,
     /// Refuse the upgrade with this status.
     pub refuse: Option<u16>,
 }
@@ -177,7 +178,9 @@ async fn backend_conn(
             m = ws.next() => m,
         };
         let reply = match msg {
-            Some(Ok(Message::Text(t))) if t.as_str() == "whoami" => Message::text(opts.name.clone()),
+            Some(Ok(Message::Text(t))) if t.as_str() == "whoami" => {
+                Message::text(opts.name.clone())
+            }
             Some(Ok(Message::Text(t))) if t.as_str().starts_with("close:") => {
                 let mut parts = t.as_str().splitn(3, ':').skip(1);
                 let code: u16 = parts.next().unwrap().parse().unwrap();
@@ -262,8 +265,13 @@ pub fn ws_url(g: &Running, path: &str) -> String {
 pub async fn connect_with(
     url: &str,
     headers: &[(&str, &str)],
-) -> Result<(Client, tokio_tungstenite::tungstenite::handshake::client::Response), tokio_tungstenite::tungstenite::Error>
-{
+) -> Result<
+    (
+        Client,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
     let mut req = url.into_client_request().unwrap();
     for (k, v) in headers {
         req.headers_mut().append(
@@ -319,7 +327,10 @@ pub async fn recv_close(ws: &mut Client) -> (u16, String) {
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
