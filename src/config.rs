@@ -200,9 +200,79 @@ pub struct RouteConfig {
     /// Close sockets silent this long in both directions (1001).
     pub idle_timeout: Option<HumanDuration>,
     /// `[route.jwt]`
-    pub jwt: Option<toml::Table>,
+    pub jwt: Option<JwtConfig>,
     /// `[route.rate_limit]`
-    pub rate_limit: Option<toml::Table>,
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `[route.jwt]`: the route requires a valid JWT.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// A JWKS file (RSA, EC, OKP and oct keys, each with its `kid` and `alg`).
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL, fetched at start and refreshed in the background.
+    pub jwks_url: Option<String>,
+    /// How often the JWKS URL is refetched.
+    pub jwks_refresh: Option<HumanDuration>,
+    /// A file holding the HMAC secret.
+    pub secret_file: Option<PathBuf>,
+    /// An environment variable holding the HMAC secret.
+    pub secret_env: Option<String>,
+    /// PEM public keys (RSA, EC, Ed25519).
+    #[serde(default)]
+    pub public_keys: Vec<PathBuf>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp`, `nbf`, `iat`.
+    pub leeway: Option<HumanDuration>,
+    /// Where the token may come from, in order: header, protocol, cookie, query.
+    pub sources: Option<Vec<String>>,
+    /// Cookie name for the `cookie` source.
+    pub cookie: Option<String>,
+    /// Query parameter for the `query` source.
+    pub query_param: Option<String>,
+    /// Claim → header sent to the backend (client copies removed).
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// `close` (4401 when the token expires on an open socket) or `keep`.
+    pub on_expiry: Option<String>,
+    /// Claims a token must carry.
+    #[serde(default)]
+    pub require_claims: Vec<String>,
+    /// Scopes a token must carry (`scope`/`scp`).
+    #[serde(default)]
+    pub require_scopes: Vec<String>,
+    /// Largest token accepted.
+    pub max_token_size: Option<ByteSize>,
+}
+
+/// `[route.rate_limit]`: limits per client IP (and per verified subject).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Handshakes per IP: `"20/s"`, `"100/m"`, `"5/h"`.
+    pub per_ip: Option<String>,
+    /// Burst above the rate.
+    pub burst: Option<u32>,
+    /// Open WebSockets per IP.
+    pub max_connections_per_ip: Option<usize>,
+    /// Open WebSockets on this route.
+    pub max_connections: Option<usize>,
+    /// Open WebSockets per verified JWT subject.
+    pub max_connections_per_subject: Option<usize>,
+    /// IPv6 clients are keyed by this prefix length.
+    pub ipv6_prefix: Option<u8>,
+    /// Never limited.
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+    /// Always refused (403).
+    #[serde(default)]
+    pub deny: Vec<IpNet>,
+    /// Shared limits across instances.
+    pub redis: Option<String>,
 }
 
 fn default_max_message() -> ByteSize {
@@ -472,19 +542,15 @@ impl Config {
                     }
                 }
             }
-            if r.jwt.is_some() {
-                return Err(err(
-                    k("jwt"),
-                    "JWT checks are not wired into the proxy yet (planned); remove the section"
-                        .into(),
-                ));
+            if let Some(j) = &r.jwt {
+                crate::layers::jwt_builder(j, r.origins.is_some())
+                    .map_err(|(key, m)| err(k(&format!("jwt.{key}")), m))?
+                    .validate()
+                    .map_err(|e| err(k("jwt"), e.to_string()))?;
             }
-            if r.rate_limit.is_some() {
-                return Err(err(
-                    k("rate_limit"),
-                    "rate limits are not wired into the proxy yet (planned); remove the section"
-                        .into(),
-                ));
+            if let Some(l) = &r.rate_limit {
+                crate::layers::check_rate_limit(l)
+                    .map_err(|(key, m)| err(k(&format!("rate_limit.{key}")), m))?;
             }
         }
         if self.route.is_empty() {

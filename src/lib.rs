@@ -4,6 +4,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 mod handshake;
+mod layers;
 pub mod metrics;
 pub mod proxy;
 pub mod relay;

@@ -29,6 +29,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, info_span, warn, Instrument};
 use wsgate_layers::{
     client_ip::{PeerAddr, TrustedPeer},
+    jwt::TokenExpiry,
     ClientIp, Leases, SelectedUpstream,
 };
 
@@ -83,8 +84,34 @@ pub struct RouteProxy {
 /// The axum handler for a WebSocket route.
 pub async fn handle(State(route): State<Arc<RouteProxy>>, req: Request) -> Response {
     let started = Instant::now();
-    let (outcome, resp) = proxy(&route, req).await;
+    let (outcome, mut resp) = proxy(&route, req).await;
     route.shared.metrics.handshake(outcome, started.elapsed());
+    resp.extensions_mut().insert(Counted);
+    resp
+}
+
+/// Marks a response whose handshake outcome the handler already counted.
+#[derive(Debug, Clone, Copy)]
+struct Counted;
+
+/// Counts the handshakes a layer refused before the handler ran, by their status.
+pub(crate) async fn count_refusals(
+    metrics: Arc<Metrics>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    if resp.extensions().get::<Counted>().is_none() {
+        let outcome = match resp.status() {
+            StatusCode::UNAUTHORIZED => Outcome::AuthFailed,
+            StatusCode::FORBIDDEN => Outcome::Forbidden,
+            StatusCode::TOO_MANY_REQUESTS => Outcome::RateLimited,
+            StatusCode::SERVICE_UNAVAILABLE => Outcome::NoBackend,
+            _ => Outcome::BadRequest,
+        };
+        metrics.handshake(outcome, started.elapsed());
+    }
     resp
 }
 
@@ -227,6 +254,9 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
     }
     let mut settings = route.relay.clone();
     settings.rsv_allowed = rsv_bits(extensions.as_ref());
+    if let Some(exp) = req.extensions().get::<TokenExpiry>().filter(|e| e.close) {
+        settings.expires_at = Some(Instant::now() + exp.remaining());
+    }
     if let Some(p) = protocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }

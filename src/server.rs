@@ -136,7 +136,7 @@ pub async fn start_with(
         drain_jitter: Duration::from_secs(1).min(cfg.server.shutdown_timeout.0 / 4),
         metrics: metrics.clone(),
     };
-    let (router, upstreams) = build_router(cfg, &shared)?;
+    let (router, upstreams) = build_router(cfg, &shared).await?;
     let router = extend(router);
 
     let stop_accepting = CancellationToken::new();
@@ -204,7 +204,10 @@ pub async fn start_with(
 }
 
 /// The client router: one route per `[[route]]`, each behind its layers.
-fn build_router(cfg: &Config, shared: &Shared) -> Result<(Router, Vec<Arc<Upstream>>), StartError> {
+async fn build_router(
+    cfg: &Config,
+    shared: &Shared,
+) -> Result<(Router, Vec<Arc<Upstream>>), StartError> {
     let mut upstreams = Vec::new();
     let mut connectors = Vec::new();
     for u in &cfg.upstream {
@@ -262,10 +265,9 @@ fn build_router(cfg: &Config, shared: &Shared) -> Result<(Router, Vec<Arc<Upstre
             shared: shared.clone(),
             active: AtomicI64::new(0),
         });
-        let method_router: MethodRouter = any(handle)
-            .with_state(route)
-            .layer::<_, Infallible>(UpstreamLayer::new(upstreams[i].clone()))
-            .layer::<_, Infallible>(client_ip.clone());
+        let method_router =
+            route_layers(r, i, any(handle).with_state(route), &upstreams, shared).await?;
+        let method_router = method_router.layer::<_, Infallible>(client_ip.clone());
         router = match Config::route_path(r) {
             RoutePath::Exact(p) => router.route(&p, method_router),
             RoutePath::Prefix(p) => {
@@ -284,6 +286,65 @@ fn build_router(cfg: &Config, shared: &Shared) -> Result<(Router, Vec<Arc<Upstre
     let router = router
         .fallback(|| async { text(StatusCode::NOT_FOUND, "no route for this path\n".into()) });
     Ok((router, upstreams))
+}
+
+/// Wraps a route's handler in its layers, innermost first: upstream choice, connection
+/// caps (which need the JWT subject), the JWT check, the handshake rate limit, and the
+/// outcome counter. Rate limiting runs before JWT so a flood of bad tokens costs no
+/// signature checks.
+async fn route_layers(
+    r: &crate::config::RouteConfig,
+    upstream_index: usize,
+    handler: MethodRouter,
+    upstreams: &[Arc<Upstream>],
+    shared: &Shared,
+) -> Result<MethodRouter, StartError> {
+    let cfg_err =
+        |key: &str, m: String| StartError::Config(format!("route `{}`: {key}: {m}", r.path));
+    let mut mr =
+        handler.layer::<_, Infallible>(UpstreamLayer::new(upstreams[upstream_index].clone()));
+    if let Some(l) = r
+        .rate_limit
+        .as_ref()
+        .and_then(crate::layers::connection_layer)
+    {
+        mr = mr.layer::<_, Infallible>(l);
+    }
+    if let Some(j) = &r.jwt {
+        // Connection caps per user key on the verified subject.
+        mr = mr.layer::<_, Infallible>(axum::middleware::map_request(subject_key));
+        let layer = crate::layers::jwt_builder(j, r.origins.is_some())
+            .map_err(|(k, m)| cfg_err(&format!("jwt.{k}"), m))?
+            .build()
+            .await
+            .map_err(|e| cfg_err("jwt", e.to_string()))?;
+        mr = mr.layer::<_, Infallible>(layer);
+    }
+    if let Some(l) = &r.rate_limit {
+        if let Some(layer) =
+            crate::layers::rate_layer(l).map_err(|(k, m)| cfg_err(&format!("rate_limit.{k}"), m))?
+        {
+            mr = mr.layer::<_, Infallible>(layer);
+        }
+    }
+    let metrics = shared.metrics.clone();
+    Ok(
+        mr.layer::<_, Infallible>(axum::middleware::from_fn(move |req, next| {
+            crate::proxy::count_refusals(metrics.clone(), req, next)
+        })),
+    )
+}
+
+async fn subject_key(mut req: Request) -> Request {
+    let subject = req
+        .extensions()
+        .get::<wsgate_layers::VerifiedClaims>()
+        .and_then(|c| c.subject())
+        .map(str::to_owned);
+    if let Some(s) = subject {
+        req.extensions_mut().insert(wsgate_layers::SubjectKey(s));
+    }
+    req
 }
 
 #[derive(Debug, Clone, Copy)]

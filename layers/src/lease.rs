@@ -47,6 +47,8 @@ impl Leases {
 
 impl fmt::Debug for Leases {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Leases").field("held", &self.0.len()).finish()
+        f.debug_struct("Leases")
+            .field("held", &self.0.len())
+            .finish()
     }
 }

@@ -18,6 +18,9 @@
 //! | module | what it decides |
 //! |---|---|
 //! | [`client_ip`] | who the client is (socket peer, or a trusted proxy's forwarding headers) |
+//! | [`jwt`] | whether the client holds a valid token ([`JwtAuthLayer`]); hands [`VerifiedClaims`], [`TokenExpiry`](jwt::TokenExpiry) and [`TokenProtocolMarker`](jwt::TokenProtocolMarker) downstream |
+//! | [`proxy_protocol`] | the client address a load balancer sends in a PROXY v1/v2 header (parser for the listener) |
+//! | [`ratelimit`] | whether the client may connect now: handshake rate per IP, connection caps, handshakes in progress, message rates |
 //! | [`upstream`] | which backend takes the socket: the backend set, its policies and [`UpstreamLayer`] |
 //!
 //! # Example
@@ -45,10 +48,13 @@
 pub mod client_ip;
 pub mod jwt;
 pub mod lease;
+pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod response_future;
 pub mod upstream;
 
 pub use client_ip::{ClientIp, ClientIpLayer};
+pub use jwt::{JwtAuthLayer, VerifiedClaims};
 pub use lease::Leases;
+pub use ratelimit::{ConnectionLimitLayer, HandshakeLimitLayer, IpRateLimitLayer, SubjectKey};
 pub use upstream::{Backend, SelectedUpstream, Upstream, UpstreamLayer};

@@ -192,7 +192,10 @@ mod tests {
     fn parses_ws_and_wss() {
         let u = BackendUrl::parse("ws://127.0.0.1:9001").unwrap();
         assert!(!u.is_secure());
-        assert_eq!((u.host(), u.port(), u.path_prefix()), ("127.0.0.1", 9001, ""));
+        assert_eq!(
+            (u.host(), u.port(), u.path_prefix()),
+            ("127.0.0.1", 9001, "")
+        );
         let u = BackendUrl::parse("wss://[::1]/base/").unwrap();
         assert!(u.is_secure());
         assert_eq!((u.host(), u.port(), u.path_prefix()), ("::1", 443, "/base"));
@@ -201,9 +204,15 @@ mod tests {
 
     #[test]
     fn refuses_other_schemes_and_garbage() {
-        assert!(matches!(BackendUrl::parse("http://x"), Err(BackendUrlError::Scheme(_))));
+        assert!(matches!(
+            BackendUrl::parse("http://x"),
+            Err(BackendUrlError::Scheme(_))
+        ));
         assert!(BackendUrl::parse("not a url").is_err());
-        assert!(matches!(BackendUrl::parse("ws://u@h:1"), Err(BackendUrlError::Extra(_))));
+        assert!(matches!(
+            BackendUrl::parse("ws://u@h:1"),
+            Err(BackendUrlError::Extra(_))
+        ));
     }
 
     #[test]

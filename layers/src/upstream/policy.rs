@@ -125,7 +125,11 @@ pub struct Upstream {
 
 impl Upstream {
     /// A group of equally weighted backends.
-    pub fn new<I, S>(name: impl Into<String>, policy: Policy, urls: I) -> Result<Self, UpstreamError>
+    pub fn new<I, S>(
+        name: impl Into<String>,
+        policy: Policy,
+        urls: I,
+    ) -> Result<Self, UpstreamError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -214,9 +218,7 @@ impl Upstream {
                 let first = set.weighted_order[k % set.weighted_order.len()] as usize;
                 rotation(first, n)
             }
-            (Policy::RoundRobin, _) => {
-                rotation(self.cursor.fetch_add(1, Ordering::Relaxed) % n, n)
-            }
+            (Policy::RoundRobin, _) => rotation(self.cursor.fetch_add(1, Ordering::Relaxed) % n, n),
         };
         order
             .into_iter()
@@ -288,7 +290,9 @@ mod tests {
             })
             .collect();
         let up = Upstream::from_backends("w", Policy::WeightedRoundRobin, bs).unwrap();
-        let picks: Vec<u16> = (0..7).map(|_| up.candidates(None)[0].url().port()).collect();
+        let picks: Vec<u16> = (0..7)
+            .map(|_| up.candidates(None)[0].url().port())
+            .collect();
         assert_eq!(picks.iter().filter(|p| **p == 1).count(), 5);
         assert_ne!(picks[..5], [1, 1, 1, 1, 1], "not smooth: {picks:?}");
     }

@@ -1,0 +1,171 @@
+//! From `[route.jwt]` and `[route.rate_limit]` to the `wsgate-layers` that enforce them.
+
+use wsgate_layers::{
+    jwt::{JwtAuthBuilder, JwtAuthLayer, OnExpiry, TokenSource},
+    ratelimit::{ConnectionLimitLayer, IpRateLimitLayer, RateSpec},
+};
+
+use crate::config::{JwtConfig, RateLimitConfig};
+
+/// A configuration problem inside a section: (key within the section, message).
+pub(crate) type SectionError = (String, String);
+
+/// The JWT layer's builder for a route (`has_origins`: the route has an Origin allow-list).
+pub(crate) fn jwt_builder(
+    j: &JwtConfig,
+    has_origins: bool,
+) -> Result<JwtAuthBuilder, SectionError> {
+    let mut b = JwtAuthLayer::builder().origin_allow_list(has_origins);
+    if let Some(p) = &j.jwks_file {
+        b = b.jwks_file(p.clone());
+    }
+    if let Some(u) = &j.jwks_url {
+        b = b.jwks_url(u.clone());
+    }
+    if let Some(d) = j.jwks_refresh {
+        b = b.jwks_refresh_interval(d.0);
+    }
+    if let Some(p) = &j.secret_file {
+        b = b.secret_file(p.clone());
+    }
+    if let Some(e) = &j.secret_env {
+        b = b.secret_env(e.clone());
+    }
+    if !j.public_keys.is_empty() {
+        b = b.public_keys(j.public_keys.clone());
+    }
+    if let Some(i) = &j.issuer {
+        b = b.issuer(i.clone());
+    }
+    if let Some(a) = &j.audience {
+        b = b.audience(a.clone());
+    }
+    if let Some(l) = j.leeway {
+        b = b.leeway(l.0);
+    }
+    if let Some(sources) = &j.sources {
+        let parsed = sources
+            .iter()
+            .map(|s| {
+                s.parse::<TokenSource>().map_err(|_| {
+                    (
+                        "sources".to_string(),
+                        format!("`{s}` is not a token source (header, protocol, cookie, query)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        b = b.sources(parsed);
+    }
+    if let Some(c) = &j.cookie {
+        b = b.cookie_name(c.clone());
+    }
+    if let Some(q) = &j.query_param {
+        b = b.query_param(q.clone());
+    }
+    if !j.forward_claims.is_empty() {
+        b = b.forward_claims(j.forward_claims.clone());
+    }
+    if let Some(o) = &j.on_expiry {
+        let o: OnExpiry = o.parse().map_err(|_| {
+            (
+                "on_expiry".to_string(),
+                format!("`{o}` is neither \"close\" nor \"keep\""),
+            )
+        })?;
+        b = b.on_expiry(o);
+    }
+    if !j.require_claims.is_empty() {
+        b = b.require_claims(j.require_claims.clone());
+    }
+    if !j.require_scopes.is_empty() {
+        b = b.require_scopes(j.require_scopes.clone());
+    }
+    if let Some(s) = j.max_token_size {
+        b = b.max_token_size(usize::try_from(s.0).unwrap_or(usize::MAX));
+    }
+    Ok(b)
+}
+
+/// Checks a `[route.rate_limit]` without building it.
+pub(crate) fn check_rate_limit(l: &RateLimitConfig) -> Result<(), SectionError> {
+    rate_spec(l)?;
+    if l.per_ip.is_none() && l.burst.is_some() {
+        return Err(("burst".into(), "burst needs per_ip".into()));
+    }
+    if l.burst == Some(0) {
+        return Err(("burst".into(), "must be at least 1".into()));
+    }
+    if let Some(p) = l.ipv6_prefix {
+        if !(1..=128).contains(&p) {
+            return Err(("ipv6_prefix".into(), "must be between 1 and 128".into()));
+        }
+    }
+    for (k, v) in [
+        ("max_connections_per_ip", l.max_connections_per_ip),
+        ("max_connections", l.max_connections),
+        ("max_connections_per_subject", l.max_connections_per_subject),
+    ] {
+        if v == Some(0) {
+            return Err((k.into(), "must be at least 1".into()));
+        }
+    }
+    if l.redis.is_some() {
+        return Err((
+            "redis".into(),
+            "limits shared through Redis are not wired into the proxy yet (planned); remove the key".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn rate_spec(l: &RateLimitConfig) -> Result<Option<RateSpec>, SectionError> {
+    l.per_ip
+        .as_deref()
+        .map(|s| {
+            s.parse::<RateSpec>()
+                .map_err(|e| ("per_ip".to_string(), format!("`{s}`: {e}")))
+        })
+        .transpose()
+}
+
+/// The handshake-rate layer, if `per_ip` is set.
+pub(crate) fn rate_layer(l: &RateLimitConfig) -> Result<Option<IpRateLimitLayer>, SectionError> {
+    let Some(spec) = rate_spec(l)? else {
+        return Ok(None);
+    };
+    let mut layer = IpRateLimitLayer::new(spec)
+        .allow(l.allow.iter().copied())
+        .deny(l.deny.iter().copied());
+    if let Some(b) = l.burst {
+        layer = layer.burst(b);
+    }
+    if let Some(p) = l.ipv6_prefix {
+        layer = layer.ipv6_prefix(p);
+    }
+    Ok(Some(layer))
+}
+
+/// The connection-cap layer, if any cap is set.
+pub(crate) fn connection_layer(l: &RateLimitConfig) -> Option<ConnectionLimitLayer> {
+    if l.max_connections_per_ip.is_none()
+        && l.max_connections.is_none()
+        && l.max_connections_per_subject.is_none()
+    {
+        return None;
+    }
+    let mut layer = ConnectionLimitLayer::new().allow(l.allow.iter().copied());
+    if let Some(n) = l.max_connections_per_ip {
+        layer = layer.per_ip(n);
+    }
+    if let Some(n) = l.max_connections {
+        layer = layer.global(n);
+    }
+    if let Some(n) = l.max_connections_per_subject {
+        layer = layer.per_subject(n);
+    }
+    if let Some(p) = l.ipv6_prefix {
+        layer = layer.ipv6_prefix(p);
+    }
+    Some(layer)
+}
