@@ -1,4 +1,32 @@
-//! wsgate
+//! wsgate: a WebSocket reverse proxy made of Tower layers.
+//!
+//! The binary (`src/main.rs`) is a thin shell over this library: it parses the command
+//! line, loads a [`config::Config`] and calls [`server::start`]. The checks that run
+//! before an upgrade (client IP, JWT, rate and connection limits, upstream choice) live in
+//! the separate `wsgate-layers` crate so any axum app can use them.
+//!
+//! # Layout
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`config`] | the TOML contract: shape, loading, validation (errors name file and key) |
+//! | [`server`] | listeners, TLS termination, per-route layer stacks, graceful shutdown |
+//! | [`proxy`] | the WebSocket route handler: upstream handshake first, then the client's 101 |
+//! | [`upstream`] | TCP/TLS connect to a backend and the upstream half of the handshake |
+//! | [`relay`] | everything after the 101: the frame-header relay (design notes there) |
+//! | [`metrics`] | counters rendered for Prometheus on the admin listener |
+//! | [`demo`] | `wsgate demo` and the echo backend |
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = wsgate::config::Config::load("wsgate.toml".as_ref())?;
+//! let running = wsgate::server::start(&cfg).await?;
+//! println!("listening on {:?}", running.listen);
+//! running.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
 mod admin;
 pub mod config;
 pub mod demo;
