@@ -45,13 +45,38 @@ pub struct Config {
 }
 
 /// One address or a list of them.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum OneOrMany<T> {
     /// `listen = "…"`
     One(T),
     /// `listen = ["…", "…"]`
     Many(Vec<T>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany<SocketAddr> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        let parse = |s: &str| {
+            s.trim().parse::<SocketAddr>().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not an address; write e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""
+                ))
+            })
+        };
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected an address string or a list of them"))?
+        {
+            Raw::One(s) => Ok(Self::One(parse(&s)?)),
+            Raw::Many(v) => Ok(Self::Many(
+                v.iter().map(|s| parse(s)).collect::<Result<_, _>>()?,
+            )),
+        }
+    }
 }
 
 impl<T: Clone> OneOrMany<T> {
@@ -637,6 +662,19 @@ idle_timeout = "5m"
         let e =
             Config::parse(&GOOD.replace("ws://127.0.0.1:9002", "http://x"), "t.toml").unwrap_err();
         assert_eq!(e.key, "upstream[0].backends[1]");
+    }
+
+    #[test]
+    fn bad_listen_address_says_what_to_write() {
+        let e = Config::parse(&GOOD.replace("127.0.0.1:8080", "localhost"), "t.toml").unwrap_err();
+        assert!(e.key.starts_with("server.listen"), "{e}");
+        assert!(e.message.contains("`localhost` is not an address"), "{e}");
+        let c = Config::parse(
+            &GOOD.replace("\"127.0.0.1:8080\"", "[\"127.0.0.1:8080\", \"[::1]:8080\"]"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.to_vec().len(), 2);
     }
 
     #[test]
