@@ -479,10 +479,10 @@ impl Config {
                 "must be between 1KiB and 16MiB".into(),
             ));
         }
-        if self.server.proxy_protocol {
+        if self.server.proxy_protocol && self.server.trusted_proxies.is_empty() {
             return Err(err(
                 "server.proxy_protocol".into(),
-                "PROXY protocol listeners are not implemented yet (planned); remove the key".into(),
+                "needs server.trusted_proxies: only those peers may send a PROXY header".into(),
             ));
         }
         let mut names = HashSet::new();

@@ -148,6 +148,10 @@ pub async fn start_with(
     };
     let opts = ConnOptions {
         handshake_timeout: cfg.server.handshake_timeout.0,
+        proxy_protocol: cfg
+            .server
+            .proxy_protocol
+            .then(|| Arc::<[ipnet::IpNet]>::from(cfg.server.trusted_proxies.clone())),
     };
     for addr in cfg.server.listen.to_vec() {
         let l = TcpListener::bind(addr)
@@ -160,7 +164,7 @@ pub async fn start_with(
         listeners.spawn(accept_loop(
             l,
             router.clone(),
-            opts,
+            opts.clone(),
             tls.clone(),
             stop_accepting.clone(),
             listeners.clone(),
@@ -179,7 +183,11 @@ pub async fn start_with(
             listeners.spawn(accept_loop(
                 l,
                 admin,
-                opts,
+                // The admin listener never speaks PROXY protocol.
+                ConnOptions {
+                    proxy_protocol: None,
+                    ..opts.clone()
+                },
                 None,
                 stop_accepting.clone(),
                 listeners.clone(),
@@ -347,9 +355,11 @@ async fn subject_key(mut req: Request) -> Request {
     req
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ConnOptions {
     handshake_timeout: Duration,
+    /// Expect a PROXY protocol header, only from these peers.
+    proxy_protocol: Option<Arc<[ipnet::IpNet]>>,
 }
 
 async fn accept_loop(
@@ -371,7 +381,7 @@ async fn accept_loop(
                     stream,
                     peer,
                     router.clone(),
-                    opts,
+                    opts.clone(),
                     tls.clone(),
                     stop.clone(),
                 ));
@@ -397,6 +407,33 @@ async fn serve_connection(
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let peer = match &opts.proxy_protocol {
+        None => peer,
+        Some(trusted) => {
+            let ip = wsgate_layers::client_ip::canonical(peer.ip());
+            if !trusted.iter().any(|n| n.contains(&ip)) {
+                // A PROXY header from anyone but a trusted proxy would let a client choose
+                // its address; such peers are not served at all.
+                debug!(%peer, "PROXY protocol listener: peer is not a trusted proxy");
+                return;
+            }
+            let read = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = tokio::time::timeout(opts.handshake_timeout, read_proxy_header(&stream)) => r,
+            };
+            match read {
+                Ok(Ok(source)) => source.unwrap_or(peer),
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "bad PROXY protocol header");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "PROXY protocol header timed out");
+                    return;
+                }
+            }
+        }
+    };
     match tls {
         None => serve_http(stream, peer, router, opts, false, stop).await,
         Some(acceptor) => {
@@ -411,6 +448,52 @@ async fn serve_connection(
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
+        }
+    }
+}
+
+/// Reads and consumes a PROXY protocol (v1 or v2) header; returns the client address it
+/// names (`None` for `LOCAL`/`UNKNOWN`: keep the socket peer).
+///
+/// It peeks and then consumes exactly the header, so the socket stays a plain
+/// `TcpStream` (the relay's fast path) with no bytes of the request held aside.
+async fn read_proxy_header(stream: &TcpStream) -> io::Result<Option<SocketAddr>> {
+    let mut buf = vec![0u8; 536];
+    loop {
+        stream.readable().await?;
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        match wsgate_layers::proxy_protocol::parse(&buf[..n]) {
+            Ok(Some((header, len))) => {
+                let mut consumed = vec![0u8; len];
+                let mut got = 0;
+                while got < len {
+                    stream.readable().await?;
+                    match stream.try_read(&mut consumed[got..]) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(k) => got += k,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                return Ok(header.source());
+            }
+            Ok(None) if n == buf.len() => buf.resize(buf.len() * 2, 0),
+            Ok(None) => {
+                // Only part of the header has arrived and peeking does not clear
+                // readiness, so wait a moment instead of spinning; the caller's handshake
+                // timeout bounds this.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        }
+        if buf.len() > 64 * 1024 + 16 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "PROXY header too long",
+            ));
         }
     }
 }
