@@ -298,6 +298,8 @@ pub struct RateLimitConfig {
     pub deny: Vec<IpNet>,
     /// Shared limits across instances.
     pub redis: Option<String>,
+    /// When Redis is unreachable: `open` (fall back to local limits) or `closed` (503).
+    pub redis_fail: Option<String>,
 }
 
 fn default_max_message() -> ByteSize {

@@ -2,7 +2,10 @@
 
 use wsgate_layers::{
     jwt::{JwtAuthBuilder, JwtAuthLayer, OnExpiry, TokenSource},
-    ratelimit::{ConnectionLimitLayer, IpRateLimitLayer, RateSpec},
+    ratelimit::{
+        redis::{FailMode, RedisLimits},
+        ConnectionLimitLayer, IpRateLimitLayer, RateSpec,
+    },
 };
 
 use crate::config::{JwtConfig, RateLimitConfig};
@@ -110,13 +113,42 @@ pub(crate) fn check_rate_limit(l: &RateLimitConfig) -> Result<(), SectionError> 
             return Err((k.into(), "must be at least 1".into()));
         }
     }
-    if l.redis.is_some() {
-        return Err((
-            "redis".into(),
-            "limits shared through Redis are not wired into the proxy yet (planned); remove the key".into(),
-        ));
+    if let Some(url) = &l.redis {
+        if !(url.starts_with("redis://")
+            || url.starts_with("redis+unix://")
+            || url.starts_with("unix://"))
+        {
+            return Err(("redis".into(), format!("`{url}` is not a redis:// URL")));
+        }
     }
+    fail_mode(l)?;
     Ok(())
+}
+
+fn fail_mode(l: &RateLimitConfig) -> Result<FailMode, SectionError> {
+    match l.redis_fail.as_deref() {
+        None | Some("open") => Ok(FailMode::Open),
+        Some("closed") => Ok(FailMode::Closed),
+        Some(other) => Err((
+            "redis_fail".into(),
+            format!("`{other}` is neither \"open\" nor \"closed\""),
+        )),
+    }
+}
+
+/// The shared Redis store for a route's limits, scoped to the route, if `redis` is set.
+pub(crate) fn redis_store(
+    l: &RateLimitConfig,
+    route: &str,
+) -> Result<Option<RedisLimits>, SectionError> {
+    let Some(url) = &l.redis else {
+        return Ok(None);
+    };
+    let store = RedisLimits::builder(url.clone())
+        .fail_mode(fail_mode(l)?)
+        .build()
+        .map_err(|e| ("redis".to_string(), e.to_string()))?;
+    Ok(Some(store.scoped(route)))
 }
 
 fn rate_spec(l: &RateLimitConfig) -> Result<Option<RateSpec>, SectionError> {
@@ -130,7 +162,10 @@ fn rate_spec(l: &RateLimitConfig) -> Result<Option<RateSpec>, SectionError> {
 }
 
 /// The handshake-rate layer, if `per_ip` is set.
-pub(crate) fn rate_layer(l: &RateLimitConfig) -> Result<Option<IpRateLimitLayer>, SectionError> {
+pub(crate) fn rate_layer(
+    l: &RateLimitConfig,
+    redis: Option<&RedisLimits>,
+) -> Result<Option<IpRateLimitLayer>, SectionError> {
     let Some(spec) = rate_spec(l)? else {
         return Ok(None);
     };
@@ -143,11 +178,17 @@ pub(crate) fn rate_layer(l: &RateLimitConfig) -> Result<Option<IpRateLimitLayer>
     if let Some(p) = l.ipv6_prefix {
         layer = layer.ipv6_prefix(p);
     }
+    if let Some(store) = redis {
+        layer = layer.redis(store.clone());
+    }
     Ok(Some(layer))
 }
 
 /// The connection-cap layer, if any cap is set.
-pub(crate) fn connection_layer(l: &RateLimitConfig) -> Option<ConnectionLimitLayer> {
+pub(crate) fn connection_layer(
+    l: &RateLimitConfig,
+    redis: Option<&RedisLimits>,
+) -> Option<ConnectionLimitLayer> {
     if l.max_connections_per_ip.is_none()
         && l.max_connections.is_none()
         && l.max_connections_per_subject.is_none()
@@ -166,6 +207,9 @@ pub(crate) fn connection_layer(l: &RateLimitConfig) -> Option<ConnectionLimitLay
     }
     if let Some(p) = l.ipv6_prefix {
         layer = layer.ipv6_prefix(p);
+    }
+    if let Some(store) = redis {
+        layer = layer.redis(store.clone());
     }
     Some(layer)
 }

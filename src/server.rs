@@ -311,10 +311,15 @@ async fn route_layers(
         |key: &str, m: String| StartError::Config(format!("route `{}`: {key}: {m}", r.path));
     let mut mr =
         handler.layer::<_, Infallible>(UpstreamLayer::new(upstreams[upstream_index].clone()));
+    let redis = match &r.rate_limit {
+        Some(l) => crate::layers::redis_store(l, &r.path)
+            .map_err(|(k, m)| cfg_err(&format!("rate_limit.{k}"), m))?,
+        None => None,
+    };
     if let Some(l) = r
         .rate_limit
         .as_ref()
-        .and_then(crate::layers::connection_layer)
+        .and_then(|l| crate::layers::connection_layer(l, redis.as_ref()))
     {
         mr = mr.layer::<_, Infallible>(l);
     }
@@ -329,8 +334,8 @@ async fn route_layers(
         mr = mr.layer::<_, Infallible>(layer);
     }
     if let Some(l) = &r.rate_limit {
-        if let Some(layer) =
-            crate::layers::rate_layer(l).map_err(|(k, m)| cfg_err(&format!("rate_limit.{k}"), m))?
+        if let Some(layer) = crate::layers::rate_layer(l, redis.as_ref())
+            .map_err(|(k, m)| cfg_err(&format!("rate_limit.{k}"), m))?
         {
             mr = mr.layer::<_, Infallible>(layer);
         }
