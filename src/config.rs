@@ -224,6 +224,10 @@ pub struct RouteConfig {
     pub max_message: ByteSize,
     /// Close sockets silent this long in both directions (1001).
     pub idle_timeout: Option<HumanDuration>,
+    /// Close sockets this long after they opened (1001 "max lifetime").
+    pub max_lifetime: Option<HumanDuration>,
+    /// Ping a client silent this long; close it if it stays silent as long again.
+    pub ping_interval: Option<HumanDuration>,
     /// `[route.jwt]`
     pub jwt: Option<JwtConfig>,
     /// `[route.rate_limit]`
@@ -300,6 +304,16 @@ pub struct RateLimitConfig {
     pub redis: Option<String>,
     /// When Redis is unreachable: `open` (fall back to local limits) or `closed` (503).
     pub redis_fail: Option<String>,
+    /// Messages per client socket: `"100/s"`.
+    pub message_rate: Option<String>,
+    /// Messages allowed at once above `message_rate`.
+    pub message_burst: Option<u64>,
+    /// Payload bytes per client socket: `"1MiB/s"`.
+    pub byte_rate: Option<String>,
+    /// Bytes allowed at once above `byte_rate` (also the largest message that can pass).
+    pub byte_burst: Option<ByteSize>,
+    /// Over a message or byte rate: `close` (1008) or `drop` the message.
+    pub on_excess: Option<String>,
 }
 
 fn default_max_message() -> ByteSize {
@@ -455,6 +469,8 @@ impl Config {
                 origins: None,
                 max_message: default_max_message(),
                 idle_timeout: None,
+                max_lifetime: None,
+                ping_interval: None,
                 jwt: None,
                 rate_limit: None,
             }],

@@ -4,7 +4,7 @@ use wsgate_layers::{
     jwt::{JwtAuthBuilder, JwtAuthLayer, OnExpiry, TokenSource},
     ratelimit::{
         redis::{FailMode, RedisLimits},
-        ConnectionLimitLayer, IpRateLimitLayer, RateSpec,
+        ByteRate, ConnectionLimitLayer, IpRateLimitLayer, MessageLimits, OnExcess, RateSpec,
     },
 };
 
@@ -122,7 +122,43 @@ pub(crate) fn check_rate_limit(l: &RateLimitConfig) -> Result<(), SectionError> 
         }
     }
     fail_mode(l)?;
+    message_limits(l)?;
     Ok(())
+}
+
+/// Per-socket message and byte rate limits, if configured.
+pub(crate) fn message_limits(l: &RateLimitConfig) -> Result<Option<MessageLimits>, SectionError> {
+    if l.message_rate.is_none() && l.byte_rate.is_none() {
+        if l.on_excess.is_some() || l.message_burst.is_some() || l.byte_burst.is_some() {
+            return Err(("on_excess".into(), "needs message_rate or byte_rate".into()));
+        }
+        return Ok(None);
+    }
+    let mut limits = MessageLimits::new();
+    if let Some(r) = &l.message_rate {
+        let spec: RateSpec = r
+            .parse()
+            .map_err(|e| ("message_rate".to_string(), format!("`{r}`: {e}")))?;
+        let burst = l.message_burst.unwrap_or(u64::from(spec.count().get()));
+        limits = limits.messages(spec, burst.max(1));
+    }
+    if let Some(r) = &l.byte_rate {
+        let rate: ByteRate = r
+            .parse()
+            .map_err(|e| ("byte_rate".to_string(), format!("`{r}`: {e}")))?;
+        let burst = l.byte_burst.map_or(rate.bytes(), |b| b.0);
+        limits = limits.bytes(rate, burst.max(1));
+    }
+    if let Some(o) = &l.on_excess {
+        let o: OnExcess = o.parse().map_err(|_| {
+            (
+                "on_excess".to_string(),
+                format!("`{o}` is neither \"drop\" nor \"close\""),
+            )
+        })?;
+        limits = limits.on_excess(o);
+    }
+    Ok(Some(limits))
 }
 
 fn fail_mode(l: &RateLimitConfig) -> Result<FailMode, SectionError> {

@@ -301,6 +301,7 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
                 closed_by = report.closed_by,
                 close_code = report.close_code,
                 reason = report.proxy_reason,
+                messages_dropped = report.messages_dropped,
                 "closed"
             );
         }

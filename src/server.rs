@@ -268,6 +268,14 @@ async fn build_router(
                 close_timeout: cfg.server.close_timeout.0,
                 rsv_allowed: 0,
                 expires_at: None,
+                max_lifetime: r.max_lifetime.map(|d| d.0),
+                message_limits: match &r.rate_limit {
+                    Some(l) => crate::layers::message_limits(l).map_err(|(k, m)| {
+                        StartError::Config(format!("route `{}`: rate_limit.{k}: {m}", r.path))
+                    })?,
+                    None => None,
+                },
+                ping_interval: r.ping_interval.map(|d| d.0),
             },
             origins: r.origins.clone(),
             shared: shared.clone(),

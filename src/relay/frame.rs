@@ -8,6 +8,10 @@
 //! comparisons per frame header (2–14 bytes) and none per payload byte, except for the
 //! payload of close frames (at most 125 bytes), which it copies to read the code.
 
+use std::time::Instant;
+
+use wsgate_layers::ratelimit::{Admit, MessageRateLimiter};
+
 /// Opcode of a close frame.
 pub(crate) const OP_CLOSE: u8 = 0x8;
 
@@ -55,6 +59,9 @@ pub(crate) enum Stop {
     Violation(Violation),
     /// A frame boundary was requested ([`FrameScanner::stop_at_boundary`]) and reached.
     Boundary,
+    /// After `forward`, the next N bytes belong to a message dropped by the message-rate
+    /// limit: drop them, then scan on from there.
+    Skip(usize),
 }
 
 /// The result of scanning one chunk.
@@ -86,6 +93,14 @@ pub(crate) struct FrameScanner {
     stop_at_boundary: bool,
     /// Messages completed.
     pub(crate) messages: u64,
+    /// Per-socket message and byte rate limit (client to backend only).
+    limiter: Option<MessageRateLimiter>,
+    /// The current frame is being dropped (payload bytes are skipped, not forwarded).
+    skipping: bool,
+    /// The current message is being dropped, continuation frames included.
+    dropping: bool,
+    /// Messages dropped by the rate limit.
+    pub(crate) dropped: u64,
 }
 
 #[derive(Debug)]
@@ -108,7 +123,17 @@ impl FrameScanner {
             message_len: 0,
             stop_at_boundary: false,
             messages: 0,
+            limiter: None,
+            skipping: false,
+            dropping: false,
+            dropped: 0,
         }
+    }
+
+    /// Judges every new message from this source by `limiter`.
+    pub(crate) fn with_limiter(mut self, limiter: Option<MessageRateLimiter>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// True between frames, where a control frame may be injected.
@@ -129,6 +154,16 @@ impl FrameScanner {
             if self.remaining > 0 {
                 let avail = data.len() - pos;
                 let take = usize::try_from(self.remaining).map_or(avail, |r| r.min(avail));
+                if self.skipping {
+                    self.remaining -= take as u64;
+                    if self.remaining == 0 {
+                        self.skipping = false;
+                    }
+                    return Scan {
+                        forward: pos,
+                        stop: Stop::Skip(take),
+                    };
+                }
                 if let Some(cap) = self.close.as_mut() {
                     cap.absorb(&data[pos..pos + take]);
                 }
@@ -169,6 +204,19 @@ impl FrameScanner {
                 };
             }
             match self.header(&data[pos..]) {
+                Ok(Some(len)) if self.skipping => {
+                    // Drop the header and whatever of the payload is here.
+                    let avail = data.len() - pos - len;
+                    let take = usize::try_from(self.remaining).map_or(avail, |r| r.min(avail));
+                    self.remaining -= take as u64;
+                    if self.remaining == 0 {
+                        self.skipping = false;
+                    }
+                    return Scan {
+                        forward: pos,
+                        stop: Stop::Skip(len + take),
+                    };
+                }
                 Ok(Some(len)) => pos += len,
                 Ok(None) => {
                     return Scan {
@@ -258,6 +306,34 @@ impl FrameScanner {
                 // RFC 7692 §6.1: RSV1 marks the first frame of a compressed message only.
                 return Err(protocol_error("RSV bits set on a continuation frame"));
             }
+            if opcode != 0 {
+                self.dropping = false;
+                if let Some(limiter) = self.limiter.as_mut() {
+                    let bytes = usize::try_from(len).unwrap_or(usize::MAX);
+                    match limiter.admit(Instant::now(), bytes) {
+                        Admit::Pass => {}
+                        Admit::Close(e) => {
+                            return Err(Violation {
+                                code: e.close_code(),
+                                reason: e.reason(),
+                            })
+                        }
+                        Admit::Drop(_) => self.dropping = true,
+                    }
+                }
+            }
+            if self.dropping {
+                // The whole message goes, continuation frames included; it never counts
+                // toward the size limit or the message count.
+                self.fragmented = !fin;
+                if fin {
+                    self.dropping = false;
+                    self.dropped += 1;
+                }
+                self.skipping = true;
+                self.remaining = len;
+                return Ok(Some(need));
+            }
             let total = self.message_len.saturating_add(len);
             if total > self.rules.max_message {
                 return Err(Violation {
@@ -342,6 +418,21 @@ impl ControlFrame {
             bytes,
             len: (start + plen) as u8,
         }
+    }
+
+    /// An empty ping, masked when it goes to a backend.
+    pub(crate) fn ping(masked: bool) -> Self {
+        let mut bytes = [0u8; 131];
+        bytes[0] = 0x89;
+        let len = if masked {
+            bytes[1] = 0x80;
+            // Nothing to mask in an empty payload; the key still has to be sent.
+            bytes[2..6].copy_from_slice(&fastrand::u32(..).to_be_bytes());
+            6
+        } else {
+            2
+        };
+        Self { bytes, len }
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {

@@ -43,6 +43,7 @@ use std::{
 use tokio::time::{sleep_until, Instant as TokioInstant};
 
 pub use stream::Stream;
+use wsgate_layers::ratelimit::MessageLimits;
 
 use frame::ScanRules;
 use pump::{Event, Pump};
@@ -62,6 +63,13 @@ pub struct RelaySettings {
     pub rsv_allowed: u8,
     /// Close the client with 4401 "token expired" at this moment.
     pub expires_at: Option<Instant>,
+    /// Close both sides with 1001 "max lifetime" this long after the upgrade.
+    pub max_lifetime: Option<Duration>,
+    /// Message and byte rate limits on what the client sends.
+    pub message_limits: Option<MessageLimits>,
+    /// Ping the client after this long without a byte from it; close if it stays silent
+    /// for another `ping_interval`.
+    pub ping_interval: Option<Duration>,
 }
 
 impl Default for RelaySettings {
@@ -73,6 +81,9 @@ impl Default for RelaySettings {
             close_timeout: Duration::from_secs(5),
             rsv_allowed: 0,
             expires_at: None,
+            max_lifetime: None,
+            message_limits: None,
+            ping_interval: None,
         }
     }
 }
@@ -94,6 +105,8 @@ pub struct RelayReport {
     pub close_code: Option<u16>,
     /// Why the proxy closed, when it did.
     pub proxy_reason: Option<&'static str>,
+    /// Client messages dropped by the message-rate limit (`on_excess = "drop"`).
+    pub messages_dropped: u64,
 }
 
 /// Why the relay itself closes a socket.
@@ -102,6 +115,8 @@ enum ProxyClose {
     Shutdown,
     Idle,
     Expired,
+    Lifetime,
+    PingTimeout,
 }
 
 /// Relays frames between an upgraded client socket and its backend socket until both
@@ -124,12 +139,17 @@ pub async fn relay(
     };
     let mut up = Pump::new(
         rules(true),
+        settings
+            .message_limits
+            .filter(MessageLimits::is_limited)
+            .map(|l| l.limiter()),
         settings.buffer_size,
         client_initial,
         (1001, "client went away"),
     );
     let mut down = Pump::new(
         rules(false),
+        None,
         settings.buffer_size,
         upstream_initial,
         (1012, "backend went away"),
@@ -146,6 +166,16 @@ pub async fn relay(
         settings.expires_at.map_or(far, TokioInstant::from_std)
     ));
     let mut close_deadline = pin!(sleep_until(far));
+    let mut lifetime = pin!(sleep_until(
+        settings
+            .max_lifetime
+            .map_or(far, |d| TokioInstant::now() + d)
+    ));
+    let ping_every = settings.ping_interval;
+    let mut ping = pin!(sleep_until(
+        ping_every.map_or(far, |d| TokioInstant::now() + d)
+    ));
+    let mut ping_outstanding = false;
     let mut closing = false;
     let mut shutting_down = false;
 
@@ -154,6 +184,7 @@ pub async fn relay(
             Pump(bool, Event),
             Proxy(ProxyClose),
             Idle,
+            Ping,
             CloseTimeout,
         }
         let wake = tokio::select! {
@@ -174,6 +205,8 @@ pub async fn relay(
             _ = &mut shutdown, if !shutting_down => Wake::Proxy(ProxyClose::Shutdown),
             _ = &mut idle, if idle_every.is_some() && !closing => Wake::Idle,
             _ = &mut expiry, if settings.expires_at.is_some() && !closing => Wake::Proxy(ProxyClose::Expired),
+            _ = &mut lifetime, if settings.max_lifetime.is_some() && !closing => Wake::Proxy(ProxyClose::Lifetime),
+            _ = &mut ping, if ping_every.is_some() && !closing => Wake::Ping,
             _ = &mut close_deadline, if closing => Wake::CloseTimeout,
         };
         let wake = match wake {
@@ -188,6 +221,22 @@ pub async fn relay(
                 continue;
             }
             Wake::Idle => Wake::Proxy(ProxyClose::Idle),
+            Wake::Ping => {
+                // Anything from the client since the last check (a pong or data) proves
+                // it alive; otherwise ping it, and if a ping is already unanswered, give up.
+                let heard = std::mem::take(&mut up.heard) > 0;
+                if heard || !ping_outstanding {
+                    if !heard {
+                        down.ping_dst();
+                    }
+                    ping_outstanding = !heard;
+                    if let Some(d) = ping_every {
+                        ping.as_mut().reset(TokioInstant::now() + d);
+                    }
+                    continue;
+                }
+                Wake::Proxy(ProxyClose::PingTimeout)
+            }
             other => other,
         };
         match wake {
@@ -229,6 +278,8 @@ pub async fn relay(
                     }
                     ProxyClose::Idle => (1001, "idle timeout"),
                     ProxyClose::Expired => (4401, "token expired"),
+                    ProxyClose::Lifetime => (1001, "max lifetime"),
+                    ProxyClose::PingTimeout => (1001, "ping timeout"),
                 };
                 if report.closed_by.is_empty() {
                     report.closed_by = "proxy";
@@ -238,7 +289,7 @@ pub async fn relay(
                 down.close_dst(code, reason);
                 up.close_dst(1001, reason);
             }
-            Wake::Idle => {}
+            Wake::Idle | Wake::Ping => {}
             Wake::CloseTimeout => break,
         }
         if !closing
@@ -258,5 +309,6 @@ pub async fn relay(
     report.bytes_down = down.bytes;
     report.messages_up = up.messages();
     report.messages_down = down.messages();
+    report.messages_dropped = up.dropped();
     report
 }

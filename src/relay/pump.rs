@@ -8,6 +8,8 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use wsgate_layers::ratelimit::MessageRateLimiter;
+
 use super::{
     buffer,
     frame::{CloseSeen, ControlFrame, FrameScanner, ScanRules, Stop, Violation},
@@ -39,6 +41,8 @@ enum State {
 #[derive(Debug, Clone, Copy)]
 enum After {
     Continue,
+    /// Drop this many bytes after the written ones, then scan on.
+    Skip(usize),
     Close(CloseSeen),
     Violation(Violation),
     Boundary,
@@ -59,6 +63,10 @@ pub(crate) struct Pump {
     state: State,
     inject: Option<ControlFrame>,
     inject_pos: usize,
+    /// The injected frame is a close: nothing is forwarded after it.
+    inject_closes: bool,
+    /// A close waiting for a half-written ping to finish.
+    queued_close: Option<ControlFrame>,
     /// Close frame sent to the source's peer when the source vanishes without one.
     on_vanish: (u16, &'static str),
     /// Whether frames written toward the destination must be masked.
@@ -73,6 +81,8 @@ pub(crate) struct Pump {
     pub(crate) bytes: u64,
     /// Bytes read from the source since the relay last looked (idle detection).
     pub(crate) activity: u64,
+    /// Bytes read from the source since the last keep-alive check (ping deadline).
+    pub(crate) heard: u64,
 }
 
 impl Pump {
@@ -80,6 +90,7 @@ impl Pump {
     /// from the source (leftovers of the HTTP handshake).
     pub(crate) fn new(
         rules: ScanRules,
+        limiter: Option<MessageRateLimiter>,
         buf_size: usize,
         initial: &[u8],
         on_vanish: (u16, &'static str),
@@ -91,7 +102,7 @@ impl Pump {
             .max(initial.len())
             .max(super::frame::MAX_HEADER * 2);
         let mut pump = Self {
-            scanner: FrameScanner::new(rules),
+            scanner: FrameScanner::new(rules).with_limiter(limiter),
             buf: None,
             buf_size,
             write_pos: 0,
@@ -101,6 +112,8 @@ impl Pump {
             state: State::Read,
             inject: None,
             inject_pos: 0,
+            inject_closes: false,
+            queued_close: None,
             on_vanish,
             mask_to_dst,
             src_gone: false,
@@ -108,6 +121,7 @@ impl Pump {
             src_close: None,
             bytes: 0,
             activity: 0,
+            heard: 0,
         };
         if !initial.is_empty() {
             let mut buf = buffer::take(pump.buf_size);
@@ -130,14 +144,42 @@ impl Pump {
     /// Sends a close frame to the destination at the next frame boundary and forwards
     /// nothing after it. Ignored when the destination already has a close frame.
     pub(crate) fn close_dst(&mut self, code: u16, reason: &str) {
-        if self.dst_closed || self.inject.is_some() || self.state == State::Done {
+        if self.dst_closed || self.state == State::Done {
             return;
         }
-        self.inject = Some(ControlFrame::close(code, reason, self.mask_to_dst));
+        if self.inject.is_some() && self.inject_closes {
+            return;
+        }
+        let close = ControlFrame::close(code, reason, self.mask_to_dst);
+        if self.inject.is_some() && self.inject_pos > 0 {
+            // A ping is half written: the close follows it, never cuts into it.
+            self.queued_close = Some(close);
+            return;
+        }
+        self.inject = Some(close);
+        self.inject_closes = true;
         self.inject_pos = 0;
         if !self.scanner.at_boundary() {
             self.scanner.stop_at_boundary();
         }
+    }
+
+    /// Sends a ping to the destination at the next frame boundary, then carries on.
+    pub(crate) fn ping_dst(&mut self) {
+        if self.dst_closed || self.inject.is_some() || self.state == State::Done {
+            return;
+        }
+        self.inject = Some(ControlFrame::ping(self.mask_to_dst));
+        self.inject_closes = false;
+        self.inject_pos = 0;
+        if !self.scanner.at_boundary() {
+            self.scanner.stop_at_boundary();
+        }
+    }
+
+    /// Messages dropped by the message-rate limit.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.scanner.dropped
     }
 
     /// Accounts `n` new bytes at `buf[filled..]` and scans them.
@@ -145,6 +187,12 @@ impl Pump {
         self.filled += n;
         self.bytes += n as u64;
         self.activity += n as u64;
+        self.heard += n as u64;
+        self.rescan();
+    }
+
+    /// Scans `buf[..filled]` and sets up the write of what may be forwarded.
+    fn rescan(&mut self) {
         let buf = match &self.buf {
             Some(b) => b,
             None => return,
@@ -157,6 +205,7 @@ impl Pump {
             Stop::Close(c) => After::Close(c),
             Stop::Violation(v) => After::Violation(v),
             Stop::Boundary => After::Boundary,
+            Stop::Skip(k) => After::Skip(k),
         };
         self.state = State::Write;
     }
@@ -219,8 +268,27 @@ impl Pump {
                             self.state = State::Read;
                         }
                         After::Boundary => {
-                            self.filled = 0;
+                            // Keep what follows the boundary: after an injected ping it
+                            // is forwarded (a close discards it anyway).
+                            if let Some(b) = self.buf.as_mut() {
+                                b.copy_within(self.write_end..self.filled, 0);
+                            }
+                            self.filled -= self.write_end;
+                            self.write_end = 0;
                             self.state = State::Read;
+                        }
+                        After::Skip(k) => {
+                            let from = (self.write_end + k).min(self.filled);
+                            if let Some(b) = self.buf.as_mut() {
+                                b.copy_within(from..self.filled, 0);
+                            }
+                            self.filled -= from;
+                            self.write_end = 0;
+                            if self.filled == 0 {
+                                self.state = State::Read;
+                            } else {
+                                self.rescan();
+                            }
                         }
                         After::Close(seen) => {
                             self.filled = 0;
@@ -253,13 +321,28 @@ impl Pump {
                         return Poll::Ready(self.dst_gone());
                     }
                     self.inject = None;
-                    self.dst_closed = true;
-                    self.filled = 0;
-                    self.state = if self.src_gone {
-                        State::Shutdown
+                    if let Some(close) = self.queued_close.take() {
+                        self.inject = Some(close);
+                        self.inject_closes = true;
+                        self.inject_pos = 0;
+                        continue;
+                    }
+                    if self.inject_closes {
+                        self.dst_closed = true;
+                        self.filled = 0;
+                        self.state = if self.src_gone {
+                            State::Shutdown
+                        } else {
+                            State::Discard
+                        };
+                    } else if self.src_gone {
+                        self.state = State::Shutdown;
+                    } else if self.filled > 0 {
+                        // Bytes held back at the boundary go on now.
+                        self.rescan();
                     } else {
-                        State::Discard
-                    };
+                        self.state = State::Read;
+                    }
                 }
                 State::Discard => {
                     if self.inject.is_some() && !self.dst_closed {
@@ -293,9 +376,10 @@ impl Pump {
         // Mid-frame, a close frame would land inside the frame's payload and corrupt it;
         // then the destination only gets the shutdown.
         if !self.dst_closed && self.scanner.at_boundary() {
-            if self.inject.is_none() {
+            if !(self.inject.is_some() && self.inject_closes) {
                 let (code, reason) = self.on_vanish;
                 self.inject = Some(ControlFrame::close(code, reason, self.mask_to_dst));
+                self.inject_closes = true;
                 self.inject_pos = 0;
             }
             self.state = State::WriteControl;
