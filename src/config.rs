@@ -118,6 +118,19 @@ pub struct ServerConfig {
     /// Once a close handshake starts, how long the peers get to finish it.
     #[serde(default = "default_close_timeout")]
     pub close_timeout: HumanDuration,
+    /// Largest request head (request line and headers); 431 beyond.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in a request; 431 beyond.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+}
+
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize(16 * 1024)
+}
+fn default_max_headers() -> usize {
+    64
 }
 
 fn default_listen() -> OneOrMany<SocketAddr> {
@@ -148,6 +161,8 @@ impl Default for ServerConfig {
             shutdown_timeout: default_shutdown_grace(),
             buffer_size: default_buffer(),
             close_timeout: default_close_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
         }
     }
 }
@@ -219,6 +234,10 @@ pub struct RouteConfig {
     pub upstream: String,
     /// `Origin` allow-list (absent: any origin).
     pub origins: Option<Vec<String>>,
+    /// `Host` allow-list (absent: any host); others get 421.
+    pub hosts: Option<Vec<String>>,
+    /// `[route.query]`: query-parameter rules.
+    pub query: Option<QueryConfig>,
     /// Largest message either side may send (close 1009 beyond).
     #[serde(default = "default_max_message")]
     pub max_message: ByteSize,
@@ -232,6 +251,23 @@ pub struct RouteConfig {
     pub jwt: Option<JwtConfig>,
     /// `[route.rate_limit]`
     pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `[route.query]`: which query parameters a route accepts and forwards.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Only these parameters may appear (others: 400).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// These parameters are refused (400).
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// These parameters are removed before forwarding.
+    #[serde(default)]
+    pub strip: Vec<String>,
+    /// Longest value accepted (400 beyond).
+    pub max_value_len: Option<ByteSize>,
 }
 
 /// `[route.jwt]`: the route requires a valid JWT.
@@ -467,6 +503,8 @@ impl Config {
                 path: path.into(),
                 upstream: "default".into(),
                 origins: None,
+                hosts: None,
+                query: None,
                 max_message: default_max_message(),
                 idle_timeout: None,
                 max_lifetime: None,
@@ -495,6 +533,19 @@ impl Config {
             return Err(err(
                 "server.buffer_size".into(),
                 "must be between 1KiB and 16MiB".into(),
+            ));
+        }
+        // hyper needs room for at least one full read (8 KiB) in its head buffer.
+        if self.server.max_header_bytes.0 < 8192 || self.server.max_header_bytes.0 > 1 << 20 {
+            return Err(err(
+                "server.max_header_bytes".into(),
+                "must be between 8KiB and 1MiB".into(),
+            ));
+        }
+        if self.server.max_headers == 0 {
+            return Err(err(
+                "server.max_headers".into(),
+                "must be at least 1".into(),
             ));
         }
         if self.server.proxy_protocol && self.server.trusted_proxies.is_empty() {

@@ -60,6 +60,15 @@ pub(crate) fn check_client(
     if !wants_upgrade || !header_has_token(headers, header::CONNECTION, "upgrade") {
         return Err(HandshakeRejection::NotWebSocket);
     }
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Err(HandshakeRejection::Bad(
+            "a WebSocket upgrade carries no body",
+        ));
+    }
     if version != Version::HTTP_11 {
         return Err(HandshakeRejection::Bad(
             "a WebSocket handshake needs HTTP/1.1",

@@ -31,6 +31,7 @@ mod admin;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod hygiene;
 mod handshake;
 mod layers;
 pub mod metrics;

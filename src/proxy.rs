@@ -75,6 +75,10 @@ pub struct RouteProxy {
     pub relay: RelaySettings,
     /// `Origin` allow-list (`None`: any).
     pub origins: Option<Vec<String>>,
+    /// `Host` allow-list (`None`: any).
+    pub hosts: Option<Vec<String>>,
+    /// Query-parameter rules.
+    pub query: Option<crate::hygiene::QueryRules>,
     /// Shared state.
     pub shared: Shared,
     /// Open sockets on this route.
@@ -140,6 +144,17 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
             );
         }
     }
+    if let Some(hosts) = &route.hosts {
+        if !host_allowed(req.headers(), hosts) {
+            return (
+                Outcome::BadRequest,
+                text(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "host not served on this route\n".into(),
+                ),
+            );
+        }
+    }
     let Some(selected) = req.extensions_mut().remove::<SelectedUpstream>() else {
         return (
             Outcome::NoBackend,
@@ -162,11 +177,23 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
     let trusted_peer = req.extensions().get::<TrustedPeer>().is_some_and(|t| t.0);
     let tls = req.extensions().get::<ConnMeta>().is_some_and(|m| m.tls);
     let request_id = request_id(&req, trusted_peer);
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_string();
+    let path_and_query = match (&route.query, req.uri().query()) {
+        (Some(rules), Some(q)) => match rules.apply(q) {
+            Ok(Some(q)) => format!("{}?{q}", req.uri().path()),
+            Ok(None) => req.uri().path().to_string(),
+            Err(why) => {
+                return (
+                    Outcome::BadRequest,
+                    text(StatusCode::BAD_REQUEST, format!("bad request: {why}\n")),
+                )
+            }
+        },
+        _ => req
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string(),
+    };
     let fwd = Forwarding {
         client_ip,
         trusted_peer,
@@ -308,6 +335,20 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         .instrument(span),
     );
     (Outcome::Ok, resp)
+}
+
+/// Whether the `Host` header names one of `hosts` (with or without its port).
+fn host_allowed(headers: &http::HeaderMap, hosts: &[String]) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let bare = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(name, _)| name);
+    hosts
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(bare))
 }
 
 /// Decrements a route's open-socket count on every exit path.

@@ -44,9 +44,6 @@ use crate::{
     upstream::{tls_client_config, Connector},
 };
 
-/// Largest request head a client may send (431 beyond).
-const MAX_REQUEST_HEAD: usize = 64 * 1024;
-
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -148,6 +145,8 @@ pub async fn start_with(
     };
     let opts = ConnOptions {
         handshake_timeout: cfg.server.handshake_timeout.0,
+        max_header_bytes: usize::try_from(cfg.server.max_header_bytes.0).unwrap_or(usize::MAX),
+        max_headers: cfg.server.max_headers,
         proxy_protocol: cfg
             .server
             .proxy_protocol
@@ -278,6 +277,15 @@ async fn build_router(
                 ping_interval: r.ping_interval.map(|d| d.0),
             },
             origins: r.origins.clone(),
+            hosts: r.hosts.clone(),
+            query: r.query.as_ref().map(|q| crate::hygiene::QueryRules {
+                allow: q.allow.clone(),
+                deny: q.deny.clone(),
+                strip: q.strip.clone(),
+                max_value_len: q
+                    .max_value_len
+                    .map(|m| usize::try_from(m.0).unwrap_or(usize::MAX)),
+            }),
             shared: shared.clone(),
             active: AtomicI64::new(0),
         });
@@ -300,7 +308,8 @@ async fn build_router(
         };
     }
     let router = router
-        .fallback(|| async { text(StatusCode::NOT_FOUND, "no route for this path\n".into()) });
+        .fallback(|| async { text(StatusCode::NOT_FOUND, "no route for this path\n".into()) })
+        .layer(axum::middleware::from_fn(crate::hygiene::check_request));
     Ok((router, upstreams))
 }
 
@@ -371,6 +380,8 @@ async fn subject_key(mut req: Request) -> Request {
 #[derive(Debug, Clone)]
 struct ConnOptions {
     handshake_timeout: Duration,
+    max_header_bytes: usize,
+    max_headers: usize,
     /// Expect a PROXY protocol header, only from these peers.
     proxy_protocol: Option<Arc<[ipnet::IpNet]>>,
 }
@@ -535,7 +546,8 @@ async fn serve_http<I>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(opts.handshake_timeout)
-        .max_buf_size(MAX_REQUEST_HEAD);
+        .max_buf_size(opts.max_header_bytes)
+        .max_headers(opts.max_headers);
     let conn = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();

@@ -1,0 +1,232 @@
+//! Request hygiene: what a request line must look like before any route sees it.
+//!
+//! Paths are checked, not rewritten: a request whose path only means something after
+//! normalisation (dot segments, encoded slashes or dots, doubled slashes) is refused
+//! with 400, so the path wsgate routes on is byte for byte the path the backend gets and
+//! no decoding difference between wsgate and a backend can reach a route it should not.
+
+use axum::{body::Body, extract::Request, middleware::Next, response::Response};
+use http::StatusCode;
+
+use crate::error::text;
+
+/// Why a request line was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// `..` or `.` segments, raw or percent-encoded.
+    #[error("path has dot segments")]
+    DotSegment,
+    /// `%2f`, `%5c` (encoded slashes) or a raw backslash.
+    #[error("path has an encoded slash or a backslash")]
+    EncodedSlash,
+    /// `//`: an empty segment that some servers collapse and others do not.
+    #[error("path has an empty segment")]
+    EmptySegment,
+    /// A `%` not followed by two hex digits.
+    #[error("invalid percent-encoding")]
+    BadPercent,
+    /// Percent-decoded bytes that are not UTF-8.
+    #[error("path is not UTF-8 once decoded")]
+    NotUtf8,
+    /// A control character (CR, LF, NUL …), raw or encoded.
+    #[error("path has a control character")]
+    Control,
+}
+
+/// Checks a path (without the query).
+pub fn check_path(path: &str) -> Result<(), PathError> {
+    if path.contains("//") {
+        return Err(PathError::EmptySegment);
+    }
+    if path.contains('\\') {
+        return Err(PathError::EncodedSlash);
+    }
+    let decoded = percent_decode(path.as_bytes())?;
+    if decoded.iter().any(|b| *b < 0x20 || *b == 0x7f) {
+        return Err(PathError::Control);
+    }
+    let decoded = std::str::from_utf8(&decoded).map_err(|_| PathError::NotUtf8)?;
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return Err(PathError::EncodedSlash);
+    }
+    if decoded.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(PathError::DotSegment);
+    }
+    Ok(())
+}
+
+/// Checks a query string: valid percent-encoding, no control characters.
+pub fn check_query(query: &str) -> Result<(), PathError> {
+    let decoded = percent_decode(query.replace('+', " ").as_bytes())?;
+    if decoded.iter().any(|b| *b < 0x20 || *b == 0x7f) {
+        return Err(PathError::Control);
+    }
+    Ok(())
+}
+
+fn percent_decode(s: &[u8]) -> Result<Vec<u8>, PathError> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (
+                s.get(i + 1).copied().and_then(hex),
+                s.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                _ => return Err(PathError::BadPercent),
+            }
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Request shapes used to smuggle a second request past a proxy: a body framed two ways,
+/// or two lengths. hyper tolerates some of them (RFC 9112 lets a server pick chunked);
+/// a proxy must not, because the next hop may pick the other framing.
+pub fn check_framing(headers: &http::HeaderMap) -> Result<(), &'static str> {
+    let lengths = headers.get_all(http::header::CONTENT_LENGTH).iter().count();
+    let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
+    if lengths > 0 && chunked {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    if lengths > 1 {
+        return Err("more than one Content-Length");
+    }
+    Ok(())
+}
+
+/// Router-wide middleware: refuses bad request lines and smuggling shapes with 400
+/// before routing.
+pub(crate) async fn check_request(req: Request<Body>, next: Next) -> Response {
+    let uri = req.uri();
+    let verdict = check_path(uri.path())
+        .and_then(|()| uri.query().map_or(Ok(()), check_query))
+        .map_err(|e| e.to_string())
+        .and_then(|()| check_framing(req.headers()).map_err(str::to_string));
+    match verdict {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            let mut resp = text(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
+            // The connection's framing is in doubt: do not read another request from it.
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            resp
+        }
+    }
+}
+
+/// Per-route query rules (`[route.query]`).
+#[derive(Debug, Clone, Default)]
+pub struct QueryRules {
+    /// Only these parameters may appear (empty: any).
+    pub allow: Vec<String>,
+    /// These parameters are refused.
+    pub deny: Vec<String>,
+    /// These parameters are removed before the request goes to the backend.
+    pub strip: Vec<String>,
+    /// Longest value (bytes, as sent) accepted.
+    pub max_value_len: Option<usize>,
+}
+
+impl QueryRules {
+    /// Checks `query` and returns it with the stripped parameters removed (`None`: empty).
+    pub fn apply(&self, query: &str) -> Result<Option<String>, String> {
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (raw_name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = percent_decode(raw_name.as_bytes())
+                .ok()
+                .and_then(|n| String::from_utf8(n).ok())
+                .ok_or_else(|| "bad query parameter name".to_string())?;
+            if self.deny.iter().any(|d| *d == name) {
+                return Err(format!("query parameter `{name}` is not allowed"));
+            }
+            if !self.allow.is_empty() && !self.allow.iter().any(|a| *a == name) {
+                return Err(format!("query parameter `{name}` is not allowed"));
+            }
+            if self.max_value_len.is_some_and(|m| value.len() > m) {
+                return Err(format!("query parameter `{name}` is too long"));
+            }
+            if !self.strip.iter().any(|s| *s == name) {
+                kept.push(pair);
+            }
+        }
+        Ok((!kept.is_empty()).then(|| kept.join("&")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_pass() {
+        for p in [
+            "/",
+            "/ws",
+            "/chat/room-1",
+            "/a/b%20c",
+            "/caf%C3%A9",
+            "/a.b/c..d",
+        ] {
+            assert_eq!(check_path(p), Ok(()), "{p}");
+        }
+    }
+
+    #[test]
+    fn traversal_and_encodings_are_refused() {
+        let cases = [
+            ("/ws/../admin", PathError::DotSegment),
+            ("/ws/%2e%2e/admin", PathError::DotSegment),
+            ("/ws/%2E./admin", PathError::DotSegment),
+            ("/ws/./x", PathError::DotSegment),
+            ("/ws/..", PathError::DotSegment),
+            ("/ws%2fadmin", PathError::EncodedSlash),
+            ("/ws%5Cadmin", PathError::EncodedSlash),
+            ("/ws\\admin", PathError::EncodedSlash),
+            ("//ws", PathError::EmptySegment),
+            ("/ws%zz", PathError::BadPercent),
+            ("/ws%4", PathError::BadPercent),
+            ("/ws%0d%0aSet-Cookie:x", PathError::Control),
+            ("/ws%00", PathError::Control),
+            ("/ws%ff", PathError::NotUtf8),
+        ];
+        for (p, e) in cases {
+            assert_eq!(check_path(p), Err(e), "{p}");
+        }
+    }
+
+    #[test]
+    fn query_rules_filter_and_strip() {
+        let rules = QueryRules {
+            allow: vec![],
+            deny: vec!["debug".into()],
+            strip: vec!["access_token".into()],
+            max_value_len: Some(8),
+        };
+        assert_eq!(
+            rules.apply("a=1&access_token=x&b=2"),
+            Ok(Some("a=1&b=2".into()))
+        );
+        assert_eq!(rules.apply("access_token=x"), Ok(None));
+        assert!(rules.apply("debug=1").is_err());
+        assert!(rules.apply("a=123456789").is_err());
+        let only = QueryRules {
+            allow: vec!["room".into()],
+            ..QueryRules::default()
+        };
+        assert!(only.apply("room=1").is_ok());
+        assert!(only.apply("room=1&x=2").is_err());
+        assert!(check_query("a=%zz").is_err());
+        assert!(check_query("a=%0a").is_err());
+    }
+}
