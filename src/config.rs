@@ -171,6 +171,28 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// PEM certificate chain (served when no SNI entry matches).
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// More certificates, chosen by the client's SNI name.
+    #[serde(default)]
+    pub sni: Vec<SniCert>,
+    /// How often the files are checked for changes (reloaded without dropping sockets).
+    #[serde(default = "default_tls_reload")]
+    pub reload_interval: HumanDuration,
+}
+
+fn default_tls_reload() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+/// `server.tls.sni[]`: a certificate for some names (`"*.example.com"` allowed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCert {
+    /// Names this certificate is served for.
+    pub names: Vec<String>,
     /// PEM certificate chain.
     pub cert: PathBuf,
     /// PEM private key.
@@ -204,6 +226,10 @@ pub struct UpstreamConfig {
     pub pool: Option<toml::Table>,
     /// Extra PEM CA certificates trusted for `wss://` backends (besides the system roots).
     pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to `wss://` backends that require mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub client_key: Option<PathBuf>,
 }
 
 fn default_policy() -> String {
@@ -498,6 +524,8 @@ impl Config {
                 handshake_timeout: default_upstream_handshake(),
                 pool: None,
                 ca_file: None,
+                client_cert: None,
+                client_key: None,
             }],
             route: vec![RouteConfig {
                 path: path.into(),
@@ -601,6 +629,12 @@ impl Config {
                     k("pool"),
                     "the warm connection pool is not implemented yet (planned); remove the key"
                         .into(),
+                ));
+            }
+            if u.client_cert.is_some() != u.client_key.is_some() {
+                return Err(err(
+                    k("client_cert"),
+                    "client_cert and client_key go together".into(),
                 ));
             }
             if u.connect_timeout.0.is_zero() {

@@ -140,7 +140,12 @@ pub async fn start_with(
     let listeners = TaskTracker::new();
     let mut listen = Vec::new();
     let tls = match &cfg.server.tls {
-        Some(t) => Some(crate::tls::acceptor(&t.cert, &t.key).map_err(StartError::Config)?),
+        Some(t) => {
+            let store = Arc::new(crate::tls::CertStore::load(t).map_err(StartError::Config)?);
+            let acceptor = store.acceptor().map_err(StartError::Config)?;
+            listeners.spawn(store.watch(t.reload_interval.0, stop_accepting.clone()));
+            Some(acceptor)
+        }
         None => None,
     };
     let opts = ConnOptions {
@@ -239,8 +244,9 @@ async fn build_router(
             .collect::<Result<Vec<_>, StartError>>()?;
         let up = Upstream::from_backends(u.name.clone(), policy, backends)
             .map_err(|e| StartError::Config(format!("upstream `{}`: {e}", u.name)))?;
-        let tls = tls_client_config(u.ca_file.as_deref())
-            .map_err(|e| StartError::Config(format!("upstream `{}`.ca_file: {e}", u.name)))?;
+        let client_auth = u.client_cert.as_deref().zip(u.client_key.as_deref());
+        let tls = tls_client_config(u.ca_file.as_deref(), client_auth)
+            .map_err(|e| StartError::Config(format!("upstream `{}`: {e}", u.name)))?;
         connectors.push(Connector::new(
             tls,
             u.connect_timeout.0,

@@ -15,6 +15,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 struct Pki {
     dir: tempfile::TempDir,
+    ca_key: KeyPair,
+    ca: CertificateParams,
+}
+
+fn issuer_params() -> CertificateParams {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca
 }
 
 impl Pki {
@@ -22,8 +30,7 @@ impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = issuer_params();
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let key = KeyPair::generate().unwrap();
         let params =
@@ -33,7 +40,24 @@ impl Pki {
         std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
-        Pki { dir }
+        let ca = issuer_params();
+        Pki { dir, ca_key, ca }
+    }
+
+    /// Issues a leaf certificate for `names` from the same CA as `{stem}.pem`/`{stem}.key`.
+    fn issue(&self, names: &[&str], stem: &str) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let issuer = Issuer::new(self.ca.clone(), &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(self.path(&format!("{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.path(&format!("{stem}.key")), key.serialize_pem()).unwrap();
+    }
+
+    fn trusting_client(&self) -> TlsConnector {
+        TlsConnector::from(Arc::new(self.client_config()))
     }
     fn path(&self, f: &str) -> String {
         self.dir.path().join(f).display().to_string()
@@ -166,4 +190,168 @@ upstream = "b"
     let cfg = wsgate::config::Config::parse(toml, "t.toml").unwrap();
     let err = wsgate::server::start(&cfg).await.unwrap_err().to_string();
     assert!(err.contains("server.tls.cert"), "{err}");
+}
+
+/// Opens a TLS connection to wsgate with `sni` and returns the server's leaf certificate.
+async fn served_cert(addr: std::net::SocketAddr, pki: &Pki, sni: &str) -> Vec<u8> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = pki
+        .trusting_client()
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .unwrap_or_else(|e| panic!("TLS to {sni} failed: {e}"));
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn der_of(path: &str) -> Vec<u8> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn certificates_are_chosen_by_sni_and_reloaded_without_dropping_sockets() {
+    let pki = Pki::new();
+    pki.issue(&["a.test"], "a");
+    pki.issue(&["b.test", "*.wild.test"], "b");
+    let b = Backend::start(BackendOpts::named("plain")).await;
+    let toml = format!(
+        r#"
+[server]
+listen = "{{LISTEN}}"
+tls = {{ cert = "{}", key = "{}", reload_interval = "50ms", sni = [{{ names = ["a.test"], cert = "{}", key = "{}" }}, {{ names = ["b.test", "*.wild.test"], cert = "{}", key = "{}" }}] }}
+[[upstream]]
+name = "b"
+backends = ["{}"]
+[[route]]
+path = "/ws"
+upstream = "b"
+"#,
+        pki.path("cert.pem"),
+        pki.path("key.pem"),
+        pki.path("a.pem"),
+        pki.path("a.key"),
+        pki.path("b.pem"),
+        pki.path("b.key"),
+        b.url
+    );
+    let g = gate(&toml).await;
+    let addr = g.listen[0];
+    assert_eq!(
+        served_cert(addr, &pki, "a.test").await,
+        der_of(&pki.path("a.pem"))
+    );
+    assert_eq!(
+        served_cert(addr, &pki, "b.test").await,
+        der_of(&pki.path("b.pem"))
+    );
+    assert_eq!(
+        served_cert(addr, &pki, "x.wild.test").await,
+        der_of(&pki.path("b.pem"))
+    );
+    assert_eq!(
+        served_cert(addr, &pki, "localhost").await,
+        der_of(&pki.path("cert.pem"))
+    );
+
+    // An open socket over the old certificate...
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = pki
+        .trusting_client()
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://a.test/ws", tls)
+        .await
+        .unwrap();
+
+    // ...survives the renewal of a.test's certificate, which new handshakes then get.
+    let old = der_of(&pki.path("a.pem"));
+    pki.issue(&["a.test"], "a");
+    let renewed = der_of(&pki.path("a.pem"));
+    assert_ne!(old, renewed);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while served_cert(addr, &pki, "a.test").await != renewed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "certificate never reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    ws.send(Message::text("whoami")).await.unwrap();
+    let got = futures_util::StreamExt::next(&mut ws)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Message::text("plain"));
+}
+
+#[tokio::test]
+async fn mutual_tls_to_backends_presents_the_client_certificate() {
+    let pki = Pki::new();
+    pki.issue(&["wsgate-client"], "client");
+    // A wss:// backend that requires a client certificate from our CA.
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(der_of(&pki.path("ca.pem"))))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let certs = CertificateDer::pem_file_iter(pki.path("cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki.path("key.pem")).unwrap();
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(server));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = futures_util::StreamExt::next(&mut ws).await {
+                    if m.is_text() && ws.send(Message::text("mtls-ok")).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let base = format!(
+        "[server]\nlisten = \"{{LISTEN}}\"\n[[upstream]]\nname = \"s\"\nbackends = [\"wss://localhost:{port}\"]\nca_file = \"{}\"\n",
+        pki.path("ca.pem")
+    );
+    let route = "[[route]]\npath = \"/ws\"\nupstream = \"s\"\n";
+    let with_cert = format!(
+        "{base}client_cert = \"{}\"\nclient_key = \"{}\"\n{route}",
+        pki.path("client.pem"),
+        pki.path("client.key")
+    );
+    let g = gate(&with_cert).await;
+    let mut ws = connect(&ws_url(&g, "/ws")).await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(recv(&mut ws).await, Message::text("mtls-ok"));
+    let without = gate(&format!("{base}{route}")).await;
+    assert_eq!(refused_status(&ws_url(&without, "/ws"), &[]).await, 502);
 }

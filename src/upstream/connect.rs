@@ -4,7 +4,7 @@ use std::{io, net::IpAddr, path::Path, sync::Arc, time::Duration};
 
 use http::{HeaderMap, StatusCode};
 use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
-use rustls_pki_types::{pem::PemObject, CertificateDer};
+use rustls_pki_types::pem::PemObject;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -62,8 +62,12 @@ pub(crate) enum Opened {
     },
 }
 
-/// The TLS client settings for `wss://` backends: the system roots plus `extra_ca`.
-pub fn tls_client_config(extra_ca: Option<&Path>) -> Result<ClientConfig, String> {
+/// The TLS client settings for `wss://` backends: the system roots plus `extra_ca`, and
+/// a client certificate when backends require mutual TLS.
+pub fn tls_client_config(
+    extra_ca: Option<&Path>,
+    client_auth: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, String> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -71,25 +75,29 @@ pub fn tls_client_config(extra_ca: Option<&Path>) -> Result<ClientConfig, String
         let _ = roots.add(cert);
     }
     if let Some(path) = extra_ca {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{}: no PEM certificate in it", path.display()));
-        }
+        let certs = crate::tls::read_certs(path).map_err(|e| format!("ca_file: {e}"))?;
         for c in certs {
             roots
                 .add(c)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| format!("ca_file: {}: {e}", path.display()))?;
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut cfg = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let certs = crate::tls::read_certs(cert).map_err(|e| format!("client_cert: {e}"))?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("client_key: {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("client_cert/client_key: {e}"))?
+        }
+    };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
