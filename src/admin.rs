@@ -88,7 +88,15 @@ struct Status {
     active: i64,
     handshakes_ok: u64,
     handshakes_failed: u64,
+    routes: Vec<RouteStatus>,
     upstreams: Vec<UpstreamStatus>,
+    recent_rejections: Vec<crate::metrics::Rejection>,
+}
+
+#[derive(Serialize)]
+struct RouteStatus {
+    path: String,
+    active: i64,
 }
 
 #[derive(Serialize)]
@@ -123,6 +131,13 @@ async fn status_json(State(s): State<AdminState>) -> Json<Status> {
         active: s.metrics.active(),
         handshakes_ok: s.metrics.handshakes(Outcome::Ok),
         handshakes_failed: failed,
+        routes: s
+            .metrics
+            .routes()
+            .into_iter()
+            .map(|(path, active)| RouteStatus { path, active })
+            .collect(),
+        recent_rejections: s.metrics.recent_rejections(),
         upstreams: s
             .upstreams
             .iter()
@@ -149,18 +164,31 @@ const STATUS_PAGE: &str = r#"<!doctype html>
 </head><body>
 <h1>wsgate</h1>
 <p>Open sockets: <b id="active">…</b> · handshakes ok: <b id="ok">…</b> · refused or failed: <b id="failed">…</b></p>
+<p>Handshakes per second: <b id="rate">…</b></p>
+<h2>Backends</h2>
 <table><thead><tr><th>upstream</th><th>backend</th><th>health</th><th>open sockets</th></tr></thead><tbody id="backends"></tbody></table>
+<h2>Routes</h2>
+<table><thead><tr><th>route</th><th>open sockets</th></tr></thead><tbody id="routes"></tbody></table>
+<h2>Recent rejections</h2>
+<table><thead><tr><th>time</th><th>route</th><th>status</th><th>outcome</th></tr></thead><tbody id="rejections"></tbody></table>
 <script>
+let last = null;
+const esc = t => String(t).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
 async function refresh(){
   try{
     const s = await (await fetch('/status.json')).json();
+    const total = s.handshakes_ok + s.handshakes_failed, now = Date.now();
+    if (last) document.getElementById('rate').textContent = ((total - last.total) * 1000 / (now - last.at)).toFixed(1);
+    last = {total, at: now};
+    document.getElementById('routes').innerHTML = s.routes.map(r => `<tr><td>${esc(r.path)}</td><td>${r.active}</td></tr>`).join('');
+    document.getElementById('rejections').innerHTML = s.recent_rejections.slice().reverse().map(r => `<tr><td>${new Date(r.at*1000).toISOString()}</td><td>${esc(r.route)}</td><td>${r.status}</td><td>${esc(r.outcome)}</td></tr>`).join('');
     document.getElementById('active').textContent = s.active;
     document.getElementById('ok').textContent = s.handshakes_ok;
     document.getElementById('failed').textContent = s.handshakes_failed;
     const rows = [];
     for (const u of s.upstreams) for (const b of u.backends) {
       const h = b.draining ? 'draining' : (b.healthy ? 'healthy' : 'down');
-      rows.push(`<tr><td>${u.name}</td><td>${b.url}</td><td class="${b.healthy?'up':'down'}">${h}</td><td>${b.active}</td></tr>`);
+      rows.push(`<tr><td>${esc(u.name)}</td><td>${esc(b.url)}</td><td class="${b.healthy?'up':'down'}">${h}</td><td>${b.active}</td></tr>`);
     }
     document.getElementById('backends').innerHTML = rows.join('');
   }catch(e){}

@@ -4,10 +4,11 @@
 //! the message path touches no shared cache line.
 
 use std::{
+    collections::VecDeque,
     fmt::Write as _,
     sync::{
         atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -37,6 +38,16 @@ pub enum Outcome {
     BadRequest,
 }
 
+impl Outcome {
+    /// The `outcome` label value.
+    pub fn label(self) -> &'static str {
+        OUTCOMES
+            .iter()
+            .find(|(o, _)| *o == self)
+            .map_or("unknown", |(_, l)| l)
+    }
+}
+
 const OUTCOMES: [(Outcome, &str); 9] = [
     (Outcome::Ok, "ok"),
     (Outcome::AuthFailed, "auth_failed"),
@@ -59,9 +70,29 @@ const CLOSE_CODES: [u16; 12] = [
     1000, 1001, 1002, 1003, 1005, 1007, 1008, 1009, 1011, 1012, 1014, 4401,
 ];
 
+/// A refused handshake, for the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rejection {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// The route's path.
+    pub route: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The outcome label.
+    pub outcome: &'static str,
+}
+
+/// How many recent rejections the status page keeps.
+const RECENT: usize = 50;
+
 /// Process-wide counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Open sockets per route, registered when the routes are built.
+    routes: Mutex<Vec<(String, Arc<AtomicI64>)>>,
+    /// The latest refused handshakes (only refusals take this lock).
+    recent: Mutex<VecDeque<Rejection>>,
     active: AtomicI64,
     sockets_total: AtomicU64,
     handshakes: [AtomicU64; 9],
@@ -85,6 +116,51 @@ impl Drop for ActiveSocket {
 }
 
 impl Metrics {
+    /// Registers a route's open-socket gauge.
+    pub fn register_route(&self, path: &str, active: Arc<AtomicI64>) {
+        if let Ok(mut r) = self.routes.lock() {
+            r.push((path.to_string(), active));
+        }
+    }
+
+    /// Open sockets per route.
+    pub fn routes(&self) -> Vec<(String, i64)> {
+        self.routes
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .map(|(p, a)| (p.clone(), a.load(Relaxed)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Remembers a refused handshake for the status page.
+    pub fn rejected(&self, route: &str, status: u16, outcome: Outcome) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Ok(mut r) = self.recent.lock() {
+            if r.len() == RECENT {
+                r.pop_front();
+            }
+            r.push_back(Rejection {
+                at,
+                route: route.to_string(),
+                status,
+                outcome: outcome.label(),
+            });
+        }
+    }
+
+    /// The latest refused handshakes, newest last.
+    pub fn recent_rejections(&self) -> Vec<Rejection> {
+        self.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Records a handshake's outcome and how long wsgate took to decide it.
     pub fn handshake(&self, outcome: Outcome, took: Duration) {
         let i = OUTCOMES
@@ -204,6 +280,13 @@ impl Metrics {
             "wsgate_closes_total{{code=\"other\"}} {}",
             self.closes[CLOSE_CODES.len()].load(Relaxed)
         );
+        let _ = writeln!(s, "# HELP wsgate_route_connections_active Open proxied WebSockets per route.\n# TYPE wsgate_route_connections_active gauge");
+        for (route, active) in self.routes() {
+            let _ = writeln!(
+                s,
+                "wsgate_route_connections_active{{route=\"{route}\"}} {active}"
+            );
+        }
         s.push_str(extra);
         s
     }

@@ -82,7 +82,7 @@ pub struct RouteProxy {
     /// Shared state.
     pub shared: Shared,
     /// Open sockets on this route.
-    pub active: AtomicI64,
+    pub active: Arc<AtomicI64>,
 }
 
 /// The axum handler for a WebSocket route.
@@ -90,6 +90,12 @@ pub async fn handle(State(route): State<Arc<RouteProxy>>, req: Request) -> Respo
     let started = Instant::now();
     let (outcome, mut resp) = proxy(&route, req).await;
     route.shared.metrics.handshake(outcome, started.elapsed());
+    if outcome != Outcome::Ok {
+        route
+            .shared
+            .metrics
+            .rejected(&route.name, resp.status().as_u16(), outcome);
+    }
     resp.extensions_mut().insert(Counted);
     resp
 }
@@ -101,6 +107,7 @@ struct Counted;
 /// Counts the handshakes a layer refused before the handler ran, by their status.
 pub(crate) async fn count_refusals(
     metrics: Arc<Metrics>,
+    route: Arc<str>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -115,6 +122,7 @@ pub(crate) async fn count_refusals(
             _ => Outcome::BadRequest,
         };
         metrics.handshake(outcome, started.elapsed());
+        metrics.rejected(&route, resp.status().as_u16(), outcome);
     }
     resp
 }

@@ -293,8 +293,9 @@ async fn build_router(
                     .map(|m| usize::try_from(m.0).unwrap_or(usize::MAX)),
             }),
             shared: shared.clone(),
-            active: AtomicI64::new(0),
+            active: Arc::new(AtomicI64::new(0)),
         });
+        shared.metrics.register_route(&r.path, route.active.clone());
         let method_router =
             route_layers(r, i, any(handle).with_state(route), &upstreams, shared).await?;
         let method_router = method_router.layer::<_, Infallible>(client_ip.clone());
@@ -364,9 +365,10 @@ async fn route_layers(
         }
     }
     let metrics = shared.metrics.clone();
+    let route_name: Arc<str> = Arc::from(r.path.as_str());
     Ok(
         mr.layer::<_, Infallible>(axum::middleware::from_fn(move |req, next| {
-            crate::proxy::count_refusals(metrics.clone(), req, next)
+            crate::proxy::count_refusals(metrics.clone(), route_name.clone(), req, next)
         })),
     )
 }
