@@ -15,13 +15,17 @@ use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 use wsgate_layers::Upstream;
 
-use crate::metrics::{Metrics, Outcome};
+use crate::{
+    metrics::{Metrics, Outcome},
+    upstream::Supervisor,
+};
 
 #[derive(Clone)]
 struct AdminState {
     metrics: Arc<Metrics>,
     upstreams: Vec<Arc<Upstream>>,
     ready: Arc<AtomicBool>,
+    supervisor: Arc<Supervisor>,
 }
 
 /// The admin router.
@@ -29,6 +33,7 @@ pub(crate) fn router(
     metrics: Arc<Metrics>,
     upstreams: Vec<Arc<Upstream>>,
     ready: Arc<AtomicBool>,
+    supervisor: Arc<Supervisor>,
 ) -> Router {
     Router::new()
         .route("/", get(|| async { Html(STATUS_PAGE) }))
@@ -40,6 +45,7 @@ pub(crate) fn router(
             metrics,
             upstreams,
             ready,
+            supervisor,
         })
 }
 
@@ -58,23 +64,38 @@ async fn metrics_text(State(s): State<AdminState>) -> Response {
     let mut health = String::from(
         "# HELP wsgate_backend_healthy 1 when the backend takes new sockets.\n# TYPE wsgate_backend_healthy gauge\n",
     );
+    let mut transitions = String::from(
+        "# HELP wsgate_backend_health_transitions_total Active health check state changes per backend.\n# TYPE wsgate_backend_health_transitions_total counter\n",
+    );
+    let mut ejections = String::from(
+        "# HELP wsgate_backend_ejections_total Passive ejections after failed connects or handshakes.\n# TYPE wsgate_backend_ejections_total counter\n",
+    );
     for u in &s.upstreams {
         for b in u.backends() {
+            // The id is the URL, plus the address for a backend resolved from a host name.
+            let labels = format!("upstream=\"{}\",backend=\"{}\"", u.name(), b.id());
             extra.push_str(&format!(
-                "wsgate_backend_connections_active{{upstream=\"{}\",backend=\"{}\"}} {}\n",
-                u.name(),
-                b.url(),
+                "wsgate_backend_connections_active{{{labels}}} {}\n",
                 b.active()
             ));
             health.push_str(&format!(
-                "wsgate_backend_healthy{{upstream=\"{}\",backend=\"{}\"}} {}\n",
-                u.name(),
-                b.url(),
+                "wsgate_backend_healthy{{{labels}}} {}\n",
                 u8::from(b.is_available())
+            ));
+            transitions.push_str(&format!(
+                "wsgate_backend_health_transitions_total{{{labels}}} {}\n",
+                b.health_transitions()
+            ));
+            ejections.push_str(&format!(
+                "wsgate_backend_ejections_total{{{labels}}} {}\n",
+                b.ejections()
             ));
         }
     }
     extra.push_str(&health);
+    extra.push_str(&transitions);
+    extra.push_str(&ejections);
+    extra.push_str(&s.supervisor.pool_metrics());
     let mut resp = s.metrics.render(&extra).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

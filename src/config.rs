@@ -118,6 +118,10 @@ pub struct ServerConfig {
     /// Once a close handshake starts, how long the peers get to finish it.
     #[serde(default = "default_close_timeout")]
     pub close_timeout: HumanDuration,
+    /// On shutdown, the 1001 closes are spread at random over this window so clients
+    /// do not all reconnect in the same instant.
+    #[serde(default = "default_drain_window")]
+    pub drain_window: HumanDuration,
     /// Largest request head (request line and headers); 431 beyond.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: ByteSize,
@@ -126,6 +130,9 @@ pub struct ServerConfig {
     pub max_headers: usize,
 }
 
+fn default_drain_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
 fn default_max_header_bytes() -> ByteSize {
     ByteSize(16 * 1024)
 }
@@ -161,6 +168,7 @@ impl Default for ServerConfig {
             shutdown_timeout: default_shutdown_grace(),
             buffer_size: default_buffer(),
             close_timeout: default_close_timeout(),
+            drain_window: default_drain_window(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
         }
@@ -215,15 +223,35 @@ pub struct UpstreamConfig {
     /// Sticky sessions.
     pub sticky: Option<StickyConfig>,
     /// Active health checks.
-    pub health: Option<toml::Table>,
+    pub health: Option<HealthConfig>,
     /// Upstream TCP connect (and TLS) timeout.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
     /// Time the backend has to answer the upgrade once connected.
     #[serde(default = "default_upstream_handshake")]
     pub handshake_timeout: HumanDuration,
-    /// Connection pool.
-    pub pool: Option<toml::Table>,
+    /// Warm connection pool.
+    pub pool: Option<PoolConfig>,
+    /// Passive checks: a failed connect ejects the backend this long, doubled for each
+    /// further failure in a row.
+    #[serde(default = "default_eject_backoff")]
+    pub eject_backoff: HumanDuration,
+    /// The longest passive ejection.
+    #[serde(default = "default_eject_backoff_max")]
+    pub eject_backoff_max: HumanDuration,
+    /// Most backends tried for one client handshake.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: usize,
+    /// Time all attempts of one client handshake may take together.
+    #[serde(default = "default_retry_budget")]
+    pub retry_budget: HumanDuration,
+    /// How long a backend removed by a reload keeps its open sockets before they are
+    /// closed with 1001.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: HumanDuration,
+    /// How often host names in `backends` are resolved again (each address a backend).
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval: HumanDuration,
     /// Extra PEM CA certificates trusted for `wss://` backends (besides the system roots).
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM) presented to `wss://` backends that require mutual TLS.
@@ -241,6 +269,24 @@ fn default_connect_timeout() -> HumanDuration {
 fn default_upstream_handshake() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
 }
+fn default_eject_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_eject_backoff_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_max_attempts() -> usize {
+    3
+}
+fn default_retry_budget() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_drain_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_resolve_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
 
 /// `upstream.sticky`
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +294,78 @@ fn default_upstream_handshake() -> HumanDuration {
 pub struct StickyConfig {
     /// `cookie`, `claim:NAME`, `header:NAME` or `ip`.
     pub by: String,
+    /// Name of the cookie wsgate sets on the 101 (`by = "cookie"`).
+    #[serde(default = "default_sticky_cookie")]
+    pub cookie_name: String,
+    /// Environment variable holding the cookie's HMAC secret (at least 32 bytes); every
+    /// instance that should agree on cookies needs the same secret.
+    pub secret_env: Option<String>,
+    /// File holding the cookie's HMAC secret.
+    pub secret_file: Option<PathBuf>,
+    /// Bounded-load factor for the key's consistent hash (e.g. 1.25).
+    pub bounded_load: Option<f64>,
+    /// When the key's own backend recovers, its new sockets go back to it.
+    #[serde(default = "default_true")]
+    pub return_on_recovery: bool,
+}
+
+fn default_sticky_cookie() -> String {
+    "wsgate_sticky".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `upstream.health`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// `http`, `tcp` or `websocket`.
+    pub kind: String,
+    /// Path probed by `http` (default `/healthz`) and `websocket` (default `/`).
+    pub path: Option<String>,
+    /// Time between probes.
+    #[serde(default = "default_health_interval")]
+    pub interval: HumanDuration,
+    /// Time one probe may take.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: HumanDuration,
+    /// Passing probes in a row that make a down backend healthy.
+    #[serde(default = "default_health_threshold")]
+    pub rise: u32,
+    /// Failing probes in a row that take a backend down.
+    #[serde(default = "default_health_threshold")]
+    pub fall: u32,
+    /// The status an `http` probe expects (default: any 2xx).
+    pub expect_status: Option<u16>,
+}
+
+fn default_health_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+fn default_health_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_health_threshold() -> u32 {
+    2
+}
+
+/// `upstream.pool`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Warm (connected, not yet upgraded) connections kept ready per backend.
+    #[serde(default)]
+    pub min_idle: usize,
+    /// Most connections per backend: open sockets plus warm ones.
+    pub max: Option<usize>,
+    /// A warm connection unused this long is closed.
+    #[serde(default = "default_pool_idle")]
+    pub idle_timeout: HumanDuration,
+}
+
+fn default_pool_idle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 /// `[[route]]`
@@ -523,6 +641,12 @@ impl Config {
                 connect_timeout: default_connect_timeout(),
                 handshake_timeout: default_upstream_handshake(),
                 pool: None,
+                eject_backoff: default_eject_backoff(),
+                eject_backoff_max: default_eject_backoff_max(),
+                max_attempts: default_max_attempts(),
+                retry_budget: default_retry_budget(),
+                drain_timeout: default_drain_timeout(),
+                resolve_interval: default_resolve_interval(),
                 ca_file: None,
                 client_cert: None,
                 client_key: None,
@@ -612,24 +736,28 @@ impl Config {
                     return Err(err(k("weights"), "weights must be at least 1".into()));
                 }
             }
-            if u.sticky.is_some() {
-                return Err(err(
-                    k("sticky"),
-                    "sticky sessions are not implemented yet (planned); remove the key".into(),
-                ));
+            if let Some(s) = &u.sticky {
+                crate::upstream::check_sticky(s).map_err(|(key, m)| err(k(&key), m))?;
             }
-            if u.health.is_some() {
-                return Err(err(
-                    k("health"),
-                    "active health checks are not implemented yet (planned); remove the key".into(),
-                ));
+            if let Some(h) = &u.health {
+                crate::upstream::check_health(h).map_err(|(key, m)| err(k(&key), m))?;
             }
-            if u.pool.is_some() {
-                return Err(err(
-                    k("pool"),
-                    "the warm connection pool is not implemented yet (planned); remove the key"
-                        .into(),
-                ));
+            if let Some(p) = &u.pool {
+                if p.max.is_some_and(|m| m == 0 || m < p.min_idle) {
+                    return Err(err(
+                        k("pool.max"),
+                        "must be at least 1 and at least pool.min_idle".into(),
+                    ));
+                }
+            }
+            if u.max_attempts == 0 {
+                return Err(err(k("max_attempts"), "must be at least 1".into()));
+            }
+            if u.retry_budget.0.is_zero() {
+                return Err(err(k("retry_budget"), "must be more than 0".into()));
+            }
+            if u.resolve_interval.0 < Duration::from_millis(100) {
+                return Err(err(k("resolve_interval"), "must be at least 100ms".into()));
             }
             if u.client_cert.is_some() != u.client_key.is_some() {
                 return Err(err(

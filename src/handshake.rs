@@ -48,11 +48,18 @@ pub(crate) fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &st
 }
 
 /// Checks a client's upgrade request (RFC 6455 §4.2.1).
+///
+/// `extended_connect` is set for an HTTP/2 `CONNECT` with `:protocol = websocket`
+/// (RFC 8441); such a request has no key, so one is made for the backend's handshake.
 pub(crate) fn check_client(
     method: &Method,
     version: Version,
     headers: &HeaderMap,
+    extended_connect: bool,
 ) -> Result<ClientHandshake, HandshakeRejection> {
+    if version == Version::HTTP_2 {
+        return check_h2_client(method, headers, extended_connect);
+    }
     let wants_upgrade = header_has_token(headers, header::UPGRADE, "websocket");
     if method != Method::GET {
         return Err(HandshakeRejection::MethodNotAllowed);
@@ -97,6 +104,35 @@ pub(crate) fn check_client(
             "Sec-WebSocket-Key is not 16 base64-encoded bytes",
         ));
     }
+    offers(headers, key)
+}
+
+/// RFC 8441 §4-5: the `CONNECT` carries the version and offers, but no key.
+fn check_h2_client(
+    method: &Method,
+    headers: &HeaderMap,
+    extended_connect: bool,
+) -> Result<ClientHandshake, HandshakeRejection> {
+    if method != Method::CONNECT || !extended_connect {
+        return Err(if method == Method::GET || method == Method::CONNECT {
+            HandshakeRejection::NotWebSocket
+        } else {
+            HandshakeRejection::MethodNotAllowed
+        });
+    }
+    match headers.get(header::SEC_WEBSOCKET_VERSION) {
+        None => return Err(HandshakeRejection::Bad("missing Sec-WebSocket-Version")),
+        Some(v) if v.as_bytes() != b"13" => return Err(HandshakeRejection::UnsupportedVersion),
+        Some(_) => {}
+    }
+    let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let key = HeaderValue::from_str(&STANDARD.encode(nonce))
+        .map_err(|_| HandshakeRejection::Bad("internal: key"))?;
+    offers(headers, key)
+}
+
+/// The subprotocols and extensions a client offered.
+fn offers(headers: &HeaderMap, key: HeaderValue) -> Result<ClientHandshake, HandshakeRejection> {
     let mut protocols = Vec::new();
     for v in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
         let s = v
@@ -189,6 +225,8 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) peer: SocketAddr,
     pub(crate) tls: bool,
     pub(crate) request_id: &'a str,
+    /// The host the client asked for (`Host`, or HTTP/2's `:authority`).
+    pub(crate) host: Option<&'a str>,
 }
 
 /// The request wsgate writes to the backend, as HTTP/1.1 bytes.
@@ -238,10 +276,7 @@ pub(crate) fn upstream_request(
     line("X-Real-IP", ip.as_bytes());
     let proto: &[u8] = if fwd.tls { b"https" } else { b"http" };
     line("X-Forwarded-Proto", proto);
-    let host = client_headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()));
+    let host = fwd.host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic()));
     if let Some(host) = host {
         line("X-Forwarded-Host", host.as_bytes());
     }
@@ -421,28 +456,28 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_websocket_handshake() {
         let h = client_headers();
-        assert!(check_client(&Method::GET, Version::HTTP_11, &h).is_ok());
+        assert!(check_client(&Method::GET, Version::HTTP_11, &h, false).is_ok());
         assert!(matches!(
-            check_client(&Method::POST, Version::HTTP_11, &h),
+            check_client(&Method::POST, Version::HTTP_11, &h, false),
             Err(HandshakeRejection::MethodNotAllowed)
         ));
         assert!(matches!(
-            check_client(&Method::GET, Version::HTTP_11, &HeaderMap::new()),
+            check_client(&Method::GET, Version::HTTP_11, &HeaderMap::new(), false),
             Err(HandshakeRejection::NotWebSocket)
         ));
         let mut bad = h.clone();
         bad.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
         assert!(matches!(
-            check_client(&Method::GET, Version::HTTP_11, &bad),
+            check_client(&Method::GET, Version::HTTP_11, &bad, false),
             Err(HandshakeRejection::UnsupportedVersion)
         ));
         let mut bad = h.clone();
         bad.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("short"));
         assert!(matches!(
-            check_client(&Method::GET, Version::HTTP_11, &bad),
+            check_client(&Method::GET, Version::HTTP_11, &bad, false),
             Err(HandshakeRejection::Bad(_))
         ));
-        assert!(check_client(&Method::GET, Version::HTTP_10, &h).is_err());
+        assert!(check_client(&Method::GET, Version::HTTP_10, &h, false).is_err());
     }
 
     #[test]
@@ -456,13 +491,14 @@ mod tests {
             HeaderValue::from_static("Upgrade, x-secret-hop"),
         );
         h.insert("x-secret-hop", HeaderValue::from_static("dropped"));
-        let hs = check_client(&Method::GET, Version::HTTP_11, &h).unwrap();
+        let hs = check_client(&Method::GET, Version::HTTP_11, &h, false).unwrap();
         let fwd = Forwarding {
             client_ip: "10.1.2.3".parse().unwrap(),
             trusted_peer: false,
             peer: "10.1.2.3:5555".parse().unwrap(),
             tls: false,
             request_id: "abc",
+            host: Some("gw.test"),
         };
         let req = String::from_utf8(upstream_request("/ws?a=1", "b:9", &hs, &h, &fwd)).unwrap();
         assert!(req.starts_with("GET /ws?a=1 HTTP/1.1\r\nHost: b:9\r\n"));
@@ -482,7 +518,7 @@ mod tests {
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("a, b"),
         );
-        let hs = check_client(&Method::GET, Version::HTTP_11, &h).unwrap();
+        let hs = check_client(&Method::GET, Version::HTTP_11, &h, false).unwrap();
         let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: b\r\n\r\nXY";
         match parse_upstream_response(ok, &hs).unwrap().unwrap() {
             UpstreamAnswer::Switching {

@@ -147,16 +147,16 @@ impl QueryRules {
                 .ok()
                 .and_then(|n| String::from_utf8(n).ok())
                 .ok_or_else(|| "bad query parameter name".to_string())?;
-            if self.deny.iter().any(|d| *d == name) {
+            if self.deny.contains(&name) {
                 return Err(format!("query parameter `{name}` is not allowed"));
             }
-            if !self.allow.is_empty() && !self.allow.iter().any(|a| *a == name) {
+            if !self.allow.is_empty() && !self.allow.contains(&name) {
                 return Err(format!("query parameter `{name}` is not allowed"));
             }
             if self.max_value_len.is_some_and(|m| value.len() > m) {
                 return Err(format!("query parameter `{name}` is too long"));
             }
-            if !self.strip.iter().any(|s| *s == name) {
+            if !self.strip.contains(&name) {
                 kept.push(pair);
             }
         }

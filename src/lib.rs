@@ -37,6 +37,7 @@ mod layers;
 pub mod metrics;
 pub mod proxy;
 pub mod relay;
+pub mod reload;
 pub mod server;
 pub mod tls;
 pub mod upstream;

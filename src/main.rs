@@ -161,7 +161,22 @@ async fn run_proxy(cli: Cli) -> Result<()> {
     for a in &running.listen {
         eprintln!("wsgate: proxying WebSockets on {a}");
     }
-    wait_for_signal().await;
+    // Backend changes in the file apply live: on SIGHUP and when the file changes.
+    if let Some(path) = &cli.config {
+        running.watch_config(path.clone(), wsgate::reload::WATCH_INTERVAL);
+    }
+    let mut shutdown = std::pin::pin!(wait_for_signal());
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hangup() => {
+                if let Some(path) = &cli.config {
+                    // A refused file is logged by reload; the running config stays.
+                    let _ = running.reload(path).await;
+                }
+            }
+        }
+    }
     eprintln!("wsgate: shutting down (a second signal exits at once)");
     tokio::spawn(async {
         wait_for_signal().await;
@@ -191,6 +206,19 @@ async fn run_demo(listen: SocketAddr, admin: SocketAddr) -> Result<()> {
     });
     d.shutdown().await;
     Ok(())
+}
+
+/// Resolves on each SIGHUP (never where there is no SIGHUP).
+async fn hangup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            hup.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 async fn wait_for_signal() {

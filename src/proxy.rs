@@ -26,7 +26,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, Instrument};
 use wsgate_layers::{
     client_ip::{PeerAddr, TrustedPeer},
     jwt::TokenExpiry,
@@ -40,9 +40,6 @@ use crate::{
     relay::{relay, RelaySettings, Stream},
     upstream::{Connector, Opened},
 };
-
-/// At most this many backends are tried for one client handshake.
-const MAX_ATTEMPTS: usize = 3;
 
 /// How a client connection reached wsgate; inserted by the listener.
 #[derive(Debug, Clone, Copy)]
@@ -128,7 +125,18 @@ pub(crate) async fn count_refusals(
 }
 
 async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response) {
-    let hs = match check_client(req.method(), req.version(), req.headers()) {
+    let extended_connect = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    let h2 = req.version() == http::Version::HTTP_2;
+    let client_host: Option<String> = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .map(str::to_owned);
+    let hs = match check_client(req.method(), req.version(), req.headers(), extended_connect) {
         Ok(hs) => hs,
         Err(r) => return (Outcome::BadRequest, r.into_response()),
     };
@@ -153,7 +161,7 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         }
     }
     if let Some(hosts) = &route.hosts {
-        if !host_allowed(req.headers(), hosts) {
+        if !host_allowed(client_host.as_deref(), hosts) {
             return (
                 Outcome::BadRequest,
                 text(
@@ -208,35 +216,30 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         peer,
         tls,
         request_id: &request_id,
+        host: client_host.as_deref(),
     };
 
-    let mut last_err = None;
-    let mut opened = None;
-    for backend in selected.candidates.iter().take(MAX_ATTEMPTS) {
+    // Failover (bounded tries within a time budget) and passive ejection: upstream/failover.rs.
+    // Owned: a borrow of the request (its body is not Sync) must not live across an await.
+    let headers = req.headers().clone();
+    let request = |backend: &wsgate_layers::Backend| {
         let url = backend.url();
         let target = format!("{}{}", url.path_prefix(), path_and_query);
-        let request = upstream_request(&target, &url.authority(), &hs, req.headers(), &fwd);
-        match route.connector.open(backend, &request, &hs).await {
-            Ok(o) => {
-                opened = Some((backend.clone(), o));
-                break;
-            }
-            Err(e) => {
-                warn!(request_id = %request_id, backend = %url, error = %e, "upstream attempt failed");
-                let retry = e.retryable();
-                last_err = Some(e);
-                if !retry {
-                    break;
-                }
-            }
+        upstream_request(&target, &url.authority(), &hs, &headers, &fwd)
+    };
+    let attempt = route
+        .connector
+        .open_any(&selected.candidates, request, &hs, &request_id)
+        .await;
+    let (backend, opened) = match attempt {
+        Ok(o) => o,
+        Err(last_err) => {
+            let e = last_err.unwrap_or(UpstreamError::Protocol {
+                backend: selected.upstream.name().to_string(),
+                reason: "no backend tried",
+            });
+            return (Outcome::UpstreamFailed, e.into_response());
         }
-    }
-    let Some((backend, opened)) = opened else {
-        let e = last_err.unwrap_or(UpstreamError::Protocol {
-            backend: selected.upstream.name().to_string(),
-            reason: "no backend tried",
-        });
-        return (Outcome::UpstreamFailed, e.into_response());
     };
     let (stream, leftover, answer) = match opened {
         Opened::Upgraded {
@@ -279,13 +282,21 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         );
     };
     let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    // RFC 8441 §5: over HTTP/2 a 2xx accepts the extended CONNECT; there is no accept key
+    // and HTTP/2 forbids connection-specific headers.
+    *resp.status_mut() = if h2 {
+        StatusCode::OK
+    } else {
+        StatusCode::SWITCHING_PROTOCOLS
+    };
     let h = resp.headers_mut();
     *h = extra;
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&handshake::accept_key(hs.key.as_bytes())) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if !h2 {
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(accept) = HeaderValue::from_str(&handshake::accept_key(hs.key.as_bytes())) {
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
     }
     let mut settings = route.relay.clone();
     settings.rsv_allowed = rsv_bits(extensions.as_ref());
@@ -324,7 +335,15 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
                 }
             };
             let (client, initial) = unwrap_upgraded(upgraded);
-            let drain = drain_signal(&task_route.shared);
+            let shutdown = drain_signal(&task_route.shared);
+            // A backend removed by a reload closes its sockets (1001) after its drain timeout.
+            let removed = backend.closing().clone();
+            let drain = async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = removed.cancelled_owned() => {}
+                }
+            };
             let report = relay(client, stream, &initial, &leftover, &settings, drain).await;
             task_route.shared.metrics.closed(&report);
             info!(
@@ -345,9 +364,9 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
     (Outcome::Ok, resp)
 }
 
-/// Whether the `Host` header names one of `hosts` (with or without its port).
-fn host_allowed(headers: &http::HeaderMap, hosts: &[String]) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+/// Whether the requested host names one of `hosts` (with or without its port).
+fn host_allowed(host: Option<&str>, hosts: &[String]) -> bool {
+    let Some(host) = host else {
         return false;
     };
     let bare = host

@@ -32,6 +32,7 @@ use tower::ServiceExt;
 use tracing::{debug, info, warn};
 use wsgate_layers::{
     client_ip::{ClientIpLayer, PeerAddr},
+    sticky::StickyLayer,
     upstream::{Backend, BackendUrl, Policy, Upstream, UpstreamLayer},
 };
 
@@ -41,7 +42,12 @@ use crate::{
     metrics::Metrics,
     proxy::{handle, ConnMeta, RouteProxy, Shared},
     relay::RelaySettings,
-    upstream::{tls_client_config, Connector},
+    upstream::{
+        check_health, check_sticky,
+        failover::Retry,
+        pool::{Pool, PoolSettings},
+        tls_client_config, Connector, Supervisor,
+    },
 };
 
 /// Why the server could not start.
@@ -71,6 +77,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The upstream groups, by name.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Health checks, warm pools, DNS re-resolution, drains and reloads of the groups.
+    pub supervisor: Arc<Supervisor>,
     stop_accepting: CancellationToken,
     shared: Shared,
     listeners: TaskTracker,
@@ -108,6 +116,7 @@ impl Running {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.listeners.wait()).await;
+        self.supervisor.shutdown(Duration::from_secs(1)).await;
     }
 
     /// Closes every open socket now (1001) without waiting for the grace period.
@@ -130,10 +139,11 @@ pub async fn start_with(
     let shared = Shared {
         tracker: TaskTracker::new(),
         drain: CancellationToken::new(),
-        drain_jitter: Duration::from_secs(1).min(cfg.server.shutdown_timeout.0 / 4),
+        drain_jitter: cfg.server.drain_window.0,
         metrics: metrics.clone(),
     };
-    let (router, upstreams) = build_router(cfg, &shared).await?;
+    let supervisor = Arc::new(Supervisor::new());
+    let (router, upstreams) = build_router(cfg, &shared, &supervisor).await?;
     let router = extend(router);
 
     let stop_accepting = CancellationToken::new();
@@ -183,7 +193,12 @@ pub async fn start_with(
             let bound = l
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr, source })?;
-            let admin = crate::admin::router(metrics.clone(), upstreams.clone(), ready.clone());
+            let admin = crate::admin::router(
+                metrics.clone(),
+                upstreams.clone(),
+                ready.clone(),
+                supervisor.clone(),
+            );
             listeners.spawn(accept_loop(
                 l,
                 admin,
@@ -206,6 +221,7 @@ pub async fn start_with(
         admin,
         metrics,
         upstreams,
+        supervisor,
         stop_accepting,
         shared,
         listeners,
@@ -219,9 +235,11 @@ pub async fn start_with(
 async fn build_router(
     cfg: &Config,
     shared: &Shared,
+    supervisor: &Arc<Supervisor>,
 ) -> Result<(Router, Vec<Arc<Upstream>>), StartError> {
     let mut upstreams = Vec::new();
     let mut connectors = Vec::new();
+    let mut stickies = Vec::new();
     for u in &cfg.upstream {
         let policy: Policy =
             u.policy
@@ -242,17 +260,54 @@ async fn build_router(
                 )))
             })
             .collect::<Result<Vec<_>, StartError>>()?;
-        let up = Upstream::from_backends(u.name.clone(), policy, backends)
+        let mut up = Upstream::from_backends(u.name.clone(), policy, backends)
             .map_err(|e| StartError::Config(format!("upstream `{}`: {e}", u.name)))?;
+        let u_err = |(k, m): (String, String)| {
+            StartError::Config(format!("upstream `{}`.{k}: {m}", u.name))
+        };
+        let sticky = match &u.sticky {
+            Some(s) => {
+                if let Some(f) = s.bounded_load {
+                    up = up.with_bounded_load(f);
+                }
+                Some(
+                    check_sticky(s)
+                        .map_err(u_err)?
+                        .secure(cfg.server.tls.is_some()),
+                )
+            }
+            None => None,
+        };
+        let health = u
+            .health
+            .as_ref()
+            .map(check_health)
+            .transpose()
+            .map_err(u_err)?;
         let client_auth = u.client_cert.as_deref().zip(u.client_key.as_deref());
         let tls = tls_client_config(u.ca_file.as_deref(), client_auth)
             .map_err(|e| StartError::Config(format!("upstream `{}`: {e}", u.name)))?;
-        connectors.push(Connector::new(
-            tls,
-            u.connect_timeout.0,
-            u.handshake_timeout.0,
-        ));
-        upstreams.push(Arc::new(up));
+        let mut connector = Connector::new(tls, u.connect_timeout.0, u.handshake_timeout.0)
+            .with_retry(Retry {
+                max_attempts: u.max_attempts,
+                budget: u.retry_budget.0,
+                eject_base: u.eject_backoff.0,
+                eject_max: u.eject_backoff_max.0,
+            });
+        if let Some(p) = &u.pool {
+            connector = connector.with_pool(Arc::new(Pool::new(PoolSettings {
+                min_idle: p.min_idle,
+                max: p.max,
+                idle_timeout: p.idle_timeout.0,
+            })));
+        }
+        let up = Arc::new(up);
+        supervisor
+            .add(u, up.clone(), connector.clone(), health)
+            .await;
+        connectors.push(connector);
+        stickies.push(sticky);
+        upstreams.push(up);
     }
     let client_ip =
         ClientIpLayer::new().trusted_proxies(cfg.server.trusted_proxies.iter().copied());
@@ -296,8 +351,15 @@ async fn build_router(
             active: Arc::new(AtomicI64::new(0)),
         });
         shared.metrics.register_route(&r.path, route.active.clone());
-        let method_router =
-            route_layers(r, i, any(handle).with_state(route), &upstreams, shared).await?;
+        let method_router = route_layers(
+            r,
+            i,
+            any(handle).with_state(route),
+            &upstreams,
+            stickies[i].clone(),
+            shared,
+        )
+        .await?;
         let method_router = method_router.layer::<_, Infallible>(client_ip.clone());
         router = match Config::route_path(r) {
             RoutePath::Exact(p) => router.route(&p, method_router),
@@ -329,12 +391,18 @@ async fn route_layers(
     upstream_index: usize,
     handler: MethodRouter,
     upstreams: &[Arc<Upstream>],
+    sticky: Option<StickyLayer>,
     shared: &Shared,
 ) -> Result<MethodRouter, StartError> {
     let cfg_err =
         |key: &str, m: String| StartError::Config(format!("route `{}`: {key}: {m}", r.path));
     let mut mr =
         handler.layer::<_, Infallible>(UpstreamLayer::new(upstreams[upstream_index].clone()));
+    // Just outside the upstream choice, inside the JWT check (a claim key needs the
+    // verified claims).
+    if let Some(s) = sticky {
+        mr = mr.layer::<_, Infallible>(s);
+    }
     let redis = match &r.rate_limit {
         Some(l) => crate::layers::redis_store(l, &r.path)
             .map_err(|(k, m)| cfg_err(&format!("rate_limit.{k}"), m))?,
@@ -476,6 +544,9 @@ async fn serve_connection(
                 r = tokio::time::timeout(opts.handshake_timeout, acceptor.accept(stream)) => r,
             };
             match accepted {
+                Ok(Ok(tls_stream)) if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    serve_h2(tls_stream, peer, router, opts, stop).await
+                }
                 Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, router, opts, true, stop).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -526,6 +597,49 @@ async fn read_proxy_header(stream: &TcpStream) -> io::Result<Option<SocketAddr>>
                 io::ErrorKind::InvalidData,
                 "PROXY header too long",
             ));
+        }
+    }
+}
+
+/// Serves an HTTP/2 connection (TLS with ALPN `h2`), with RFC 8441 extended CONNECT so
+/// browsers can carry many WebSockets on one connection.
+async fn serve_h2<I>(
+    io: I,
+    peer: SocketAddr,
+    router: Router,
+    opts: ConnOptions,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let meta = ConnMeta { tls: true };
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        req.extensions_mut().insert(meta);
+        let router = router.clone();
+        async move {
+            let resp = router.oneshot(req.map(Body::new)).await;
+            Ok::<_, Infallible>(resp.unwrap_or_else(|e| match e {}))
+        }
+    });
+    let mut builder =
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+            }
+        }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }
     }
 }

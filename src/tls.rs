@@ -144,14 +144,15 @@ impl CertStore {
         }
     }
 
-    /// A TLS acceptor serving these certificates (ALPN: HTTP/1.1).
+    /// A TLS acceptor serving these certificates (ALPN: h2, then HTTP/1.1).
     pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, String> {
         let mut cfg = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("server.tls: {e}"))?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // h2 first: browsers then multiplex WebSockets over one connection (RFC 8441).
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(cfg)))
     }
 }

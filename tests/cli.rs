@@ -104,3 +104,80 @@ fn quick_mode_checks_its_backends() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ws://"));
 }
+
+/// SIGTERM drains (open sockets keep wsgate alive through the grace period); a second
+/// signal exits at once.
+#[test]
+fn second_signal_exits_at_once() {
+    use std::{
+        io::BufRead,
+        time::{Duration, Instant},
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backend = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(wsgate::demo::echo_backend(l, "b".into(), stop.clone()));
+        (addr, stop)
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = wsgate()
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--backend",
+            &format!("ws://{}", backend.0),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the listener line.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("proxying WebSockets") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "wsgate exited early");
+    }
+    std::thread::spawn(move || for _ in err.lines() {});
+    let ws = rt
+        .block_on(tokio_tungstenite::connect_async(format!(
+            "ws://127.0.0.1:{port}/ws"
+        )))
+        .unwrap();
+    let pid = child.id().to_string();
+    let kill = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    kill("-TERM");
+    // The open socket holds wsgate in its 30 s grace period...
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "wsgate exited despite an open socket"
+    );
+    // ...until the second signal.
+    let t = Instant::now();
+    kill("-TERM");
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "second signal did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(130));
+    drop(ws);
+    backend.1.cancel();
+}

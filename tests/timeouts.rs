@@ -170,3 +170,44 @@ async fn a_reader_that_never_reads_cannot_make_wsgate_buffer_without_bound() {
         sent >> 20
     );
 }
+
+#[tokio::test]
+async fn a_backend_that_never_reads_stalls_the_client_instead_of_growing_wsgate() {
+    // The mirror case: the backend accepts the upgrade and never reads again, while the
+    // client floods 64 KiB frames. The client's writes must stall.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let backend = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            req.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n").await.unwrap();
+        // Hold the socket open without reading until the test ends.
+        std::future::pending::<()>().await;
+        drop(s);
+    });
+    let g = gate(&one_route(&[&format!("ws://{addr}")], "")).await;
+    let mut client = raw_ws(g.listen[0]).await;
+    let key = [1u8, 2, 3, 4];
+    let mut frame = vec![0x82u8, 0x80 | 127];
+    frame.extend_from_slice(&(65536u64).to_be_bytes());
+    frame.extend_from_slice(&key);
+    frame.extend((0..65536).map(|i| 7u8 ^ key[i % 4]));
+    let mut sent: usize = 0;
+    while sent < 256 << 20 {
+        match tokio::time::timeout(Duration::from_secs(1), client.write_all(&frame)).await {
+            Ok(Ok(())) => sent += frame.len(),
+            _ => break,
+        }
+    }
+    assert!(
+        sent < 64 << 20,
+        "client pushed {} MiB at a backend that never reads",
+        sent >> 20
+    );
+    backend.abort();
+}

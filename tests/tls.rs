@@ -355,3 +355,84 @@ async fn mutual_tls_to_backends_presents_the_client_certificate() {
     let without = gate(&format!("{base}{route}")).await;
     assert_eq!(refused_status(&ws_url(&without, "/ws"), &[]).await, 502);
 }
+
+/// A masked client text frame.
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![0x81, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+#[tokio::test]
+async fn websockets_over_http2_extended_connect_share_one_connection() {
+    let pki = Pki::new();
+    let b1 = Backend::start(BackendOpts::named("one")).await;
+    let b2 = Backend::start(BackendOpts::named("two")).await;
+    let toml = format!(
+        "[server]\nlisten = \"{{LISTEN}}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n[[upstream]]\nname = \"b\"\nbackends = [\"{}\", \"{}\"]\n[[route]]\npath = \"/ws\"\nupstream = \"b\"\n",
+        pki.path("cert.pem"),
+        pki.path("key.pem"),
+        b1.url,
+        b2.url
+    );
+    let g = gate(&toml).await;
+    let tcp = tokio::net::TcpStream::connect(g.listen[0]).await.unwrap();
+    let mut cfg = pki.client_config();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !client.is_extended_connect_protocol_enabled() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server never enabled extended CONNECT"
+        );
+        client = client.ready().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let mut names = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("https://localhost/ws")
+            .header("sec-websocket-version", "13")
+            .extension(h2::ext::Protocol::from_static("websocket"))
+            .body(())
+            .unwrap();
+        let (resp, mut send) = client.send_request(req, false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().get("sec-websocket-accept").is_none());
+        let mut recv = resp.into_body();
+        send.send_data(masked_text(b"whoami").into(), false)
+            .unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 || got.len() < 2 + got[1] as usize {
+            let chunk = recv.data().await.unwrap().unwrap();
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got[0], 0x81, "an unmasked text frame");
+        names.push(String::from_utf8(got[2..].to_vec()).unwrap());
+        streams.push((send, recv));
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        ["one", "two"],
+        "two sockets, one connection, round-robin"
+    );
+    assert_eq!(g.metrics.active(), 2);
+    drop(streams);
+    assert_no_leak(&g).await;
+}

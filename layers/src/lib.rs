@@ -21,7 +21,8 @@
 //! | [`jwt`] | whether the client holds a valid token ([`JwtAuthLayer`]); hands [`VerifiedClaims`], [`TokenExpiry`](jwt::TokenExpiry) and [`TokenProtocolMarker`](jwt::TokenProtocolMarker) downstream |
 //! | [`proxy_protocol`] | the client address a load balancer sends in a PROXY v1/v2 header (parser for the listener) |
 //! | [`ratelimit`] | whether the client may connect now: handshake rate per IP, connection caps, handshakes in progress, message rates |
-//! | [`upstream`] | which backend takes the socket: the backend set, its policies and [`UpstreamLayer`] |
+//! | [`sticky`] | the key that keeps a client on one backend: signed cookie (set on the 101), JWT claim, header or client IP ([`StickyLayer`]) |
+//! | [`upstream`] | which backend takes the socket: the backend set, its policies (consistent hash with bounded load) and [`UpstreamLayer`] |
 //!
 //! # Example
 //!
@@ -51,10 +52,12 @@ pub mod lease;
 pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod response_future;
+pub mod sticky;
 pub mod upstream;
 
 pub use client_ip::{ClientIp, ClientIpLayer};
 pub use jwt::{JwtAuthLayer, VerifiedClaims};
 pub use lease::Leases;
 pub use ratelimit::{ConnectionLimitLayer, HandshakeLimitLayer, IpRateLimitLayer, SubjectKey};
+pub use sticky::StickyLayer;
 pub use upstream::{Backend, SelectedUpstream, Upstream, UpstreamLayer};

@@ -589,6 +589,42 @@ mod tests {
     }
 
     #[test]
+    fn messages_over_the_rate_are_skipped_whole_in_drop_mode() {
+        use wsgate_layers::ratelimit::{MessageLimits, OnExcess};
+        let limits = MessageLimits::new()
+            .messages("1/m".parse().unwrap(), 1)
+            .on_excess(OnExcess::Drop);
+        let mut s = FrameScanner::new(CLIENT).with_limiter(Some(limits.limiter()));
+        let kept = frame(true, 1, b"kept", Some([1; 4]));
+        let dropped_first = frame(false, 2, &[9; 300], Some([2; 4]));
+        let dropped_cont = frame(true, 0, &[9; 10], Some([3; 4]));
+        let ping = frame(true, 9, b"p", Some([4; 4]));
+        let mut data = kept.clone();
+        data.extend(&dropped_first);
+        data.extend(&ping);
+        data.extend(&dropped_cont);
+        // Walk the chunk the way the pump does: forward, skip, rescan the rest.
+        let mut out = Vec::new();
+        let mut rest = &data[..];
+        loop {
+            let r = s.scan(rest);
+            out.extend_from_slice(&rest[..r.forward]);
+            match r.stop {
+                Stop::Skip(k) => rest = &rest[r.forward + k..],
+                Stop::More => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut expected = kept;
+        expected.extend(ping);
+        assert_eq!(
+            out, expected,
+            "the dropped message vanished, the ping inside it did not"
+        );
+        assert_eq!((s.messages, s.dropped), (1, 1));
+    }
+
+    #[test]
     fn injected_close_frames_parse_back() {
         let f = ControlFrame::close(1001, "going away", true);
         let mut s = FrameScanner::new(CLIENT);

@@ -28,6 +28,8 @@ pub struct Connector {
     tls: TlsConnector,
     connect_timeout: Duration,
     handshake_timeout: Duration,
+    pub(super) retry: super::failover::Retry,
+    pub(super) pool: Option<Arc<super::pool::Pool>>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -109,6 +111,8 @@ impl Connector {
             tls: TlsConnector::from(Arc::new(tls)),
             connect_timeout,
             handshake_timeout,
+            retry: super::failover::Retry::default(),
+            pool: None,
         }
     }
 
@@ -121,12 +125,11 @@ impl Connector {
         hs: &ClientHandshake,
     ) -> Result<Opened, UpstreamError> {
         let name = || backend.url().to_string();
-        let stream = timeout(self.connect_timeout, self.connect(backend))
-            .await
-            .map_err(|_| UpstreamError::Timeout {
-                backend: name(),
-                after: self.connect_timeout,
-            })??;
+        let warm = self.pool.as_ref().and_then(|p| p.take(backend));
+        let stream = match warm {
+            Some(s) => s,
+            None => self.connect_timed(backend).await?,
+        };
         timeout(
             self.handshake_timeout,
             upgrade(stream, request, hs, backend),
@@ -138,6 +141,17 @@ impl Connector {
         })?
     }
 
+    /// A TCP (and TLS) connection to `backend` within the connect timeout, not yet
+    /// upgraded: for health probes and the warm pool.
+    pub(crate) async fn connect_timed(&self, backend: &Backend) -> Result<Stream, UpstreamError> {
+        timeout(self.connect_timeout, self.connect(backend))
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                backend: backend.url().to_string(),
+                after: self.connect_timeout,
+            })?
+    }
+
     async fn connect(&self, backend: &Backend) -> Result<Stream, UpstreamError> {
         let url = backend.url();
         let io_err = |source: io::Error| UpstreamError::Connect {
@@ -146,9 +160,9 @@ impl Connector {
         };
         // IP literals skip the resolver; names are resolved on every connect, so a DNS
         // change takes effect for the next socket.
-        let tcp = match url.host().parse::<IpAddr>() {
-            Ok(ip) => TcpStream::connect((ip, url.port())).await,
-            Err(_) => TcpStream::connect((url.host(), url.port())).await,
+        let tcp = match (backend.addr(), url.host().parse::<IpAddr>()) {
+            (Some(ip), _) | (None, Ok(ip)) => TcpStream::connect((ip, url.port())).await,
+            (None, Err(_)) => TcpStream::connect((url.host(), url.port())).await,
         }
         .map_err(io_err)?;
         tcp.set_nodelay(true).map_err(io_err)?;

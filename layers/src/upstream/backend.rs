@@ -2,11 +2,15 @@
 
 use std::{
     fmt,
+    net::IpAddr,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc, OnceLock,
     },
+    time::{Duration, Instant},
 };
+
+use tokio_util::sync::CancellationToken;
 
 /// A parsed `ws://` or `wss://` backend address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,13 +105,39 @@ impl fmt::Display for BackendUrl {
 }
 
 /// A backend and its live state, shared by every route that uses it.
+///
+/// Besides its open-socket count it carries what the health machinery decides: the
+/// active checks' verdict ([`set_healthy`](Self::set_healthy)), a passive ejection after
+/// failed connects ([`record_failure`](Self::record_failure)), the drain flag set when a
+/// reload removes it, and the signal that closes its open sockets
+/// ([`closing`](Self::closing)).
 #[derive(Debug)]
 pub struct Backend {
     url: BackendUrl,
-    weight: u32,
+    /// Address this backend is pinned to when its host name was resolved into several
+    /// backends (one per A/AAAA record).
+    addr: Option<IpAddr>,
+    weight: AtomicU32,
     active: AtomicUsize,
     healthy: AtomicBool,
     draining: AtomicBool,
+    transitions: AtomicU64,
+    failures: AtomicU32,
+    ejections: AtomicU64,
+    /// Milliseconds since [`epoch`] until which the backend is ejected (0: not ejected).
+    ejected_until: AtomicU64,
+    closing: CancellationToken,
+}
+
+/// A fixed process-wide origin, so an ejection deadline fits in an atomic.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    // +1 so that "now" is never 0, which means "not ejected".
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
 }
 
 impl Backend {
@@ -120,10 +150,25 @@ impl Backend {
     pub fn with_weight(url: BackendUrl, weight: u32) -> Self {
         Self {
             url,
-            weight: weight.max(1),
+            addr: None,
+            weight: AtomicU32::new(weight.max(1)),
             active: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
+            transitions: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU64::new(0),
+            ejected_until: AtomicU64::new(0),
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// A backend for one resolved address of `url`'s host name: sockets go to `addr`,
+    /// while the `Host` header and TLS server name stay `url`'s.
+    pub fn resolved(url: BackendUrl, addr: IpAddr, weight: u32) -> Self {
+        Self {
+            addr: Some(addr),
+            ..Self::with_weight(url, weight)
         }
     }
 
@@ -131,9 +176,27 @@ impl Backend {
     pub fn url(&self) -> &BackendUrl {
         &self.url
     }
+    /// The IP address it is pinned to, when it came from resolving a host name.
+    pub fn addr(&self) -> Option<IpAddr> {
+        self.addr
+    }
+    /// A name unique within a group and the same in every process: the URL, plus the
+    /// pinned address for a resolved backend (`ws://svc:9001@10.0.0.7`). Consistent
+    /// hashing scores this, so every instance with the same list agrees.
+    pub fn id(&self) -> String {
+        match self.addr {
+            None => self.url.to_string(),
+            Some(a) => format!("{}@{a}", self.url),
+        }
+    }
     /// Its weight for weighted policies.
     pub fn weight(&self) -> u32 {
-        self.weight
+        self.weight.load(Ordering::Relaxed)
+    }
+    /// Changes its weight (0 is taken as 1). The group's weighted order is recomputed
+    /// on the next [`Upstream::replace_backends`](super::Upstream::replace_backends).
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed)
     }
     /// Open WebSockets proxied to it now.
     pub fn active(&self) -> usize {
@@ -143,9 +206,18 @@ impl Backend {
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
-    /// Marks it healthy or not; returns the previous state.
+    /// Marks it healthy or not; returns the previous state. A change is counted in
+    /// [`health_transitions`](Self::health_transitions).
     pub fn set_healthy(&self, healthy: bool) -> bool {
-        self.healthy.swap(healthy, Ordering::Relaxed)
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
+        if was != healthy {
+            self.transitions.fetch_add(1, Ordering::Relaxed);
+        }
+        was
+    }
+    /// How many times it went from healthy to unhealthy or back.
+    pub fn health_transitions(&self) -> u64 {
+        self.transitions.load(Ordering::Relaxed)
     }
     /// Whether it is being drained (no new sockets).
     pub fn is_draining(&self) -> bool {
@@ -155,9 +227,45 @@ impl Backend {
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Relaxed)
     }
-    /// Healthy and not draining.
+    /// Whether a recent connect failure keeps it out of choice for now.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+    /// Healthy, not draining and not ejected.
     pub fn is_available(&self) -> bool {
-        self.is_healthy() && !self.is_draining()
+        self.is_healthy() && !self.is_draining() && !self.is_ejected()
+    }
+
+    /// Records a failed connect or handshake (a passive health check): the backend is
+    /// ejected for `base`, doubled for each further failure in a row, at most `max`.
+    /// Returns the ejection time.
+    pub fn record_failure(&self, base: Duration, max: Duration) -> Duration {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(20);
+        let backoff = base.saturating_mul(1u32 << n).min(max);
+        if !backoff.is_zero() {
+            let ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX / 2);
+            self.ejected_until
+                .store(now_ms().saturating_add(ms), Ordering::Relaxed);
+            self.ejections.fetch_add(1, Ordering::Relaxed);
+        }
+        backoff
+    }
+    /// Records a successful connect: the failure streak and any ejection end.
+    pub fn record_success(&self) {
+        if self.failures.swap(0, Ordering::Relaxed) != 0 {
+            self.ejected_until.store(0, Ordering::Relaxed);
+        }
+    }
+    /// How many times passive checks ejected it.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Cancelled when this backend's open sockets must close (1001): a removed
+    /// backend's drain timeout passed. Relays select on it.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
     }
 
     /// Counts one open socket until the returned guard drops.
@@ -222,5 +330,31 @@ mod tests {
         assert_eq!(b.active(), 1);
         drop(g);
         assert_eq!(b.active(), 0);
+    }
+
+    #[test]
+    fn failures_eject_with_growing_backoff_and_success_clears() {
+        let b = Backend::new(BackendUrl::parse("ws://h:1").unwrap());
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(5));
+        assert_eq!(b.record_failure(base, max), Duration::from_secs(1));
+        assert!(b.is_ejected() && !b.is_available());
+        assert_eq!(b.record_failure(base, max), Duration::from_secs(2));
+        assert_eq!(b.record_failure(base, max), Duration::from_secs(4));
+        assert_eq!(b.record_failure(base, max), Duration::from_secs(5));
+        assert_eq!(b.ejections(), 4);
+        b.record_success();
+        assert!(b.is_available());
+        assert_eq!(b.record_failure(base, max), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn health_changes_are_counted() {
+        let b = Backend::new(BackendUrl::parse("ws://h:1").unwrap());
+        b.set_healthy(true);
+        assert_eq!(b.health_transitions(), 0);
+        b.set_healthy(false);
+        b.set_healthy(false);
+        b.set_healthy(true);
+        assert_eq!(b.health_transitions(), 2);
     }
 }

@@ -121,6 +121,7 @@ pub struct Upstream {
     policy: Policy,
     set: ArcSwap<BackendSet>,
     cursor: AtomicUsize,
+    bounded_load: Option<f64>,
 }
 
 impl Upstream {
@@ -155,7 +156,26 @@ impl Upstream {
             policy,
             set: ArcSwap::from_pointee(BackendSet::new(backends)),
             cursor: AtomicUsize::new(0),
+            bounded_load: None,
         })
+    }
+
+    /// Consistent hashing with bounded loads: a keyed socket skips, in its hash order,
+    /// every backend already holding more than `factor` times the average number of
+    /// open sockets (rounded up), so one hot key cannot overload a backend. `1.25` is
+    /// a common choice; values below 1 are taken as 1.
+    pub fn with_bounded_load(mut self, factor: f64) -> Self {
+        self.bounded_load = Some(if factor.is_finite() {
+            factor.max(1.0)
+        } else {
+            1.0
+        });
+        self
+    }
+
+    /// The bounded-load factor, if any.
+    pub fn bounded_load(&self) -> Option<f64> {
+        self.bounded_load
     }
 
     /// The group's name.
@@ -182,14 +202,24 @@ impl Upstream {
     /// The available backends in the order to try them: the policy's choice first, then
     /// the fail-over order. Empty when none is healthy.
     ///
-    /// `key` is the sticky key, used by [`Policy::ConsistentHash`].
+    /// `key` is the sticky key ([`StickyKey`](super::StickyKey)): whatever the policy, a
+    /// keyed socket goes to the first available backend in the key's rendezvous order
+    /// (skipping overloaded ones with [`with_bounded_load`](Self::with_bounded_load)),
+    /// so when that backend is down the key moves to the next in its order and comes
+    /// back when it recovers. The policy chooses for sockets without a key.
     pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Backend>> {
         let set = self.set.load();
         let all = &set.backends;
         let n = all.len();
         let available = |i: &usize| all[*i].is_available();
         let order: Vec<usize> = match (self.policy, key) {
-            (Policy::ConsistentHash, Some(key)) => rendezvous_order(all, key),
+            (_, Some(key)) => {
+                let order = rendezvous_order(all, key);
+                match self.bounded_load {
+                    Some(factor) => bounded(all, order, factor),
+                    None => order,
+                }
+            }
             (Policy::LeastConnections, _) => {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
                 let mut idx: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
@@ -228,6 +258,25 @@ impl Upstream {
     }
 }
 
+/// Moves backends over the load bound to the end of `order`, keeping hash order within
+/// both parts: the key's first backend under the bound takes it.
+fn bounded(all: &[Arc<Backend>], order: Vec<usize>, factor: f64) -> Vec<usize> {
+    let live: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|i| all[*i].is_available())
+        .collect();
+    if live.is_empty() {
+        return order;
+    }
+    let total: usize = live.iter().map(|i| all[*i].active()).sum();
+    // The socket being placed counts too, so an idle group always has room.
+    let cap = (factor * (total + 1) as f64 / live.len() as f64).ceil() as usize;
+    let (under, over): (Vec<usize>, Vec<usize>) =
+        order.into_iter().partition(|i| all[*i].active() < cap);
+    under.into_iter().chain(over).collect()
+}
+
 fn rotation(start: usize, n: usize) -> Vec<usize> {
     (0..n).map(|i| (start + i) % n).collect()
 }
@@ -239,7 +288,7 @@ fn rendezvous_order(all: &[Arc<Backend>], key: &[u8]) -> Vec<usize> {
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            let h = mix(kh ^ stable_hash(b.url().to_string().as_bytes()));
+            let h = mix(kh ^ stable_hash(b.id().as_bytes()));
             // Map to (0,1], then the weighted rendezvous score -w / ln(u).
             let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
             (-f64::from(b.weight()) / u.ln(), i)
@@ -322,6 +371,35 @@ mod tests {
         }
         // Ideal is 1/11 of the keys (909); allow sampling noise.
         assert!((700..1150).contains(&moved), "moved {moved}");
+    }
+
+    #[test]
+    fn bounded_load_spills_a_hot_key_to_the_next_backend() {
+        let up = group(Policy::ConsistentHash, 4).with_bounded_load(1.25);
+        let key = b"hot";
+        let first = up.candidates(Some(key))[0].clone();
+        let mut guards = Vec::new();
+        for _ in 0..40 {
+            let b = up.candidates(Some(key))[0].clone();
+            guards.push(b.track());
+        }
+        // Without the bound all 40 would sit on `first`; with it, no backend holds more
+        // than ceil(1.25 * 40 / 4) = 13.
+        assert!(first.active() <= 13, "{}", first.active());
+        assert!(up.backends().iter().all(|b| b.active() <= 13));
+        drop(guards);
+        assert_eq!(up.candidates(Some(key))[0].url(), first.url());
+    }
+
+    #[test]
+    fn keyed_socket_fails_over_in_hash_order_and_returns() {
+        let up = group(Policy::RoundRobin, 5);
+        let order = up.candidates(Some(b"user-7"));
+        order[0].set_healthy(false);
+        let during = up.candidates(Some(b"user-7"));
+        assert_eq!(during[0].url(), order[1].url());
+        order[0].set_healthy(true);
+        assert_eq!(up.candidates(Some(b"user-7"))[0].url(), order[0].url());
     }
 
     #[test]

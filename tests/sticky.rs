@@ -1,0 +1,299 @@
+//! Sticky sessions per key source, agreement between instances, key movement.
+
+mod support;
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::SinkExt;
+use jsonwebtoken::{encode, EncodingKey, Header};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate_layers::upstream::{Policy, Upstream};
+
+const STICKY_SECRET: &str = "a sticky cookie secret that is at least 32 bytes";
+const JWT_SECRET: &str = "a test secret that is long enough for HS256";
+
+fn config(backends: &[&str], upstream_extra: &str, route_extra: &str) -> String {
+    let list = backends
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[server]
+listen = "{{LISTEN}}"
+shutdown_timeout = "200ms"
+
+[[upstream]]
+name = "b"
+backends = [{list}]
+{upstream_extra}
+
+[[route]]
+path = "/ws"
+upstream = "b"
+{route_extra}
+"#
+    )
+}
+
+async fn five() -> Vec<Backend> {
+    let mut v = Vec::new();
+    for i in 0..5 {
+        v.push(Backend::start(BackendOpts::named(&format!("b{i}"))).await);
+    }
+    v
+}
+
+fn urls(bs: &[Backend]) -> Vec<&str> {
+    bs.iter().map(|b| b.url.as_str()).collect()
+}
+
+async fn whoami_with(url: &str, headers: &[(&str, &str)]) -> (String, Option<String>) {
+    let (mut ws, resp) = connect_with(url, headers).await.unwrap();
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_string());
+    ws.send(Message::text("whoami")).await.unwrap();
+    let who = recv(&mut ws).await.into_text().unwrap().to_string();
+    ws.close(None).await.unwrap();
+    (who, cookie)
+}
+
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn cookie_is_set_on_the_101_and_keeps_the_client_on_its_backend() {
+    std::env::set_var("WSGATE_TEST_STICKY_SECRET", STICKY_SECRET);
+    let mut bs = five().await;
+    let g = gate(&config(
+        &urls(&bs),
+        r#"sticky = { by = "cookie", secret_env = "WSGATE_TEST_STICKY_SECRET" }"#,
+        "",
+    ))
+    .await;
+    let url = ws_url(&g, "/ws");
+    let mut spread = HashSet::new();
+    for _ in 0..8 {
+        let (first, set) = whoami_with(&url, &[]).await;
+        let set = set.expect("the 101 carries Set-Cookie");
+        assert!(set.starts_with("wsgate_sticky="), "{set}");
+        assert!(set.contains("HttpOnly"), "{set}");
+        // The value names no backend.
+        for b in &bs {
+            assert!(!set.contains(&b.addr.port().to_string()), "{set}");
+        }
+        let cookie = cookie_pair(&set);
+        for _ in 0..5 {
+            let (again, set_again) = whoami_with(&url, &[("cookie", &cookie)]).await;
+            assert_eq!(again, first, "same cookie, same backend");
+            assert!(set_again.is_none(), "a valid cookie is not replaced");
+        }
+        spread.insert(first);
+    }
+    assert!(spread.len() >= 2, "sessions spread over backends: {spread:?}");
+    // The backend does not see wsgate's cookie, but sees the client's others.
+    let (_, set) = whoami_with(&url, &[]).await;
+    let cookie = format!("{}; app=1", cookie_pair(&set.unwrap()));
+    let _ = whoami_with(&url, &[("cookie", &cookie)]).await;
+    let mut seen_cookie = None;
+    for b in &mut bs {
+        while let Ok(s) = b.seen.try_recv() {
+            if let Seen::Request(_, h) = s {
+                if let Some(c) = h.get("cookie") {
+                    seen_cookie = Some(c.to_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    assert_eq!(seen_cookie.as_deref(), Some("app=1"));
+    // A forged or foreign cookie is ignored and replaced.
+    let (_, set) = whoami_with(&url, &[("cookie", "wsgate_sticky=AAAA.BBBB")]).await;
+    assert!(set.is_some(), "forged cookie replaced");
+    assert_no_leak(&g).await;
+}
+
+#[tokio::test]
+async fn cookie_without_a_configured_secret_is_refused_at_load() {
+    let text = config(&["ws://127.0.0.1:9"], r#"sticky = { by = "cookie" }"#, "")
+        .replace("{LISTEN}", "127.0.0.1:0");
+    let e = wsgate::config::Config::parse(&text, "t.toml").unwrap_err();
+    assert_eq!(e.key, "upstream[0].sticky.secret_env", "{e}");
+    std::env::set_var("WSGATE_TEST_SHORT_SECRET", "short");
+    let text = text.replace(
+        r#"by = "cookie""#,
+        r#"by = "cookie", secret_env = "WSGATE_TEST_SHORT_SECRET""#,
+    );
+    let e = wsgate::config::Config::parse(&text, "t.toml").unwrap_err();
+    assert!(e.message.contains("32 bytes"), "{e}");
+}
+
+#[tokio::test]
+async fn header_key_is_sticky_and_two_instances_agree() {
+    let bs = five().await;
+    let cfg = config(&urls(&bs), r#"sticky = { by = "header:X-Session-Id" }"#, "");
+    let g1 = gate(&cfg).await;
+    let g2 = gate(&cfg).await;
+    let mut spread = HashSet::new();
+    for k in 0..20 {
+        let key = format!("session-{k}");
+        let h = [("x-session-id", key.as_str())];
+        let (a, _) = whoami_with(&ws_url(&g1, "/ws"), &h).await;
+        let (b, _) = whoami_with(&ws_url(&g1, "/ws"), &h).await;
+        let (c, _) = whoami_with(&ws_url(&g2, "/ws"), &h).await;
+        assert_eq!(a, b, "{key}: same instance");
+        assert_eq!(a, c, "{key}: other instance, no shared state");
+        spread.insert(a);
+    }
+    assert!(spread.len() >= 4, "20 keys over 5 backends: {spread:?}");
+}
+
+fn token(sub: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = serde_json::json!({ "sub": sub, "exp": exp });
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn verified_claim_keys_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hs.secret");
+    std::fs::write(&secret, JWT_SECRET).unwrap();
+    let bs = five().await;
+    let g = gate(&config(
+        &urls(&bs),
+        r#"sticky = { by = "claim:sub" }"#,
+        &format!("[route.jwt]\nsecret_file = \"{}\"\n", secret.display()),
+    ))
+    .await;
+    let url = ws_url(&g, "/ws");
+    let mut by_user: HashMap<String, String> = HashMap::new();
+    for round in 0..3 {
+        for u in 0..10 {
+            let sub = format!("user-{u}");
+            let auth = format!("Bearer {}", token(&sub));
+            let (who, _) = whoami_with(&url, &[("authorization", &auth)]).await;
+            if round == 0 {
+                by_user.insert(sub, who);
+            } else {
+                assert_eq!(by_user[&sub], who, "{sub} moved");
+            }
+        }
+    }
+    let distinct: HashSet<_> = by_user.values().collect();
+    assert!(distinct.len() >= 3, "{by_user:?}");
+}
+
+#[tokio::test]
+async fn client_ip_keys_the_backend() {
+    let bs = five().await;
+    let g = gate(&config(&urls(&bs), r#"sticky = { by = "ip" }"#, "")).await;
+    let url = ws_url(&g, "/ws");
+    let (first, _) = whoami_with(&url, &[]).await;
+    for _ in 0..8 {
+        assert_eq!(whoami_with(&url, &[]).await.0, first);
+    }
+}
+
+#[tokio::test]
+async fn sticky_key_fails_over_in_hash_order_and_returns_on_recovery() {
+    let bs = five().await;
+    let g = gate(&config(
+        &urls(&bs),
+        r#"sticky = { by = "header:X-Session-Id" }"#,
+        "",
+    ))
+    .await;
+    let url = ws_url(&g, "/ws");
+    let h = [("x-session-id", "alice")];
+    let (home, _) = whoami_with(&url, &h).await;
+    let idx: usize = home[1..].parse().unwrap();
+    let home_backend = g.upstreams[0].backends()[idx].clone();
+    home_backend.set_healthy(false);
+    let (away, _) = whoami_with(&url, &h).await;
+    assert_ne!(away, home);
+    assert_eq!(whoami_with(&url, &h).await.0, away, "stays on the next in order");
+    home_backend.set_healthy(true);
+    assert_eq!(whoami_with(&url, &h).await.0, home, "returns when it recovers");
+    home_backend.set_draining(true);
+    assert_eq!(whoami_with(&url, &h).await.0, away, "a draining backend takes no new keys");
+}
+
+#[tokio::test]
+async fn bounded_load_spreads_a_hot_key() {
+    let bs = five().await;
+    let g = gate(&config(
+        &urls(&bs),
+        r#"sticky = { by = "header:X-Session-Id", bounded_load = 1.25 }"#,
+        "",
+    ))
+    .await;
+    let url = ws_url(&g, "/ws");
+    let mut open = Vec::new();
+    for _ in 0..20 {
+        let (ws, _) = connect_with(&url, &[("x-session-id", "hot")]).await.unwrap();
+        open.push(ws);
+    }
+    let loads: Vec<usize> = g.upstreams[0].backends().iter().map(|b| b.active()).collect();
+    // ceil(1.25 * 20 / 5) = 5 at most per backend, instead of 20 on one.
+    assert!(loads.iter().all(|l| *l <= 5), "{loads:?}");
+    assert_eq!(loads.iter().sum::<usize>(), 20);
+    drop(open);
+    assert_no_leak(&g).await;
+}
+
+/// The share of keys whose backend changes when one backend of `n` is removed or one
+/// is added: ideally 1/n (removal) and 1/(n+1) (addition).
+#[test]
+fn one_backend_change_moves_about_one_nth_of_the_keys() {
+    let group = |n: usize| {
+        Upstream::new(
+            "t",
+            Policy::ConsistentHash,
+            (0..n).map(|i| format!("ws://10.0.0.{}:9000", i + 1)),
+        )
+        .unwrap()
+    };
+    let keys = 100_000u32;
+    for n in [5usize, 10, 20] {
+        let base = group(n);
+        let fewer = group(n - 1); // the last backend removed
+        let more = group(n + 1); // one backend added
+        let (mut removed_moves, mut added_moves) = (0u32, 0u32);
+        for k in 0..keys {
+            let key = format!("session-{k}");
+            let home = base.candidates(Some(key.as_bytes()))[0].id();
+            if fewer.candidates(Some(key.as_bytes()))[0].id() != home {
+                removed_moves += 1;
+            }
+            if more.candidates(Some(key.as_bytes()))[0].id() != home {
+                added_moves += 1;
+            }
+        }
+        let rf = f64::from(removed_moves) / f64::from(keys);
+        let af = f64::from(added_moves) / f64::from(keys);
+        eprintln!(
+            "N={n}: remove one moves {rf:.4} (ideal {:.4}); add one moves {af:.4} (ideal {:.4})",
+            1.0 / n as f64,
+            1.0 / (n + 1) as f64
+        );
+        assert!((rf - 1.0 / n as f64).abs() < 0.01, "remove: {rf}");
+        assert!((af - 1.0 / (n + 1) as f64).abs() < 0.01, "add: {af}");
+    }
+}
