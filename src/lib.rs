@@ -12,7 +12,8 @@
 //! | [`config`] | the TOML contract: shape, loading, validation (errors name file and key) |
 //! | [`server`] | listeners, TLS termination, per-route layer stacks, graceful shutdown |
 //! | [`proxy`] | the WebSocket route handler: upstream handshake first, then the client's 101 |
-//! | [`upstream`] | TCP/TLS connect to a backend and the upstream half of the handshake |
+//! | [`upstream`] | TCP/TLS connect to a backend and the upstream half of the handshake; failover, health checks, warm pool, DNS discovery, backend-set changes |
+//! | [`reload`] | SIGHUP and file-change reloads of the backend lists |
 //! | [`relay`] | everything after the 101: the frame-header relay (design notes there) |
 //! | [`metrics`] | counters rendered for Prometheus on the admin listener |
 //! | [`demo`] | `wsgate demo` and the echo backend |
@@ -31,8 +32,10 @@ mod admin;
 pub mod config;
 pub mod demo;
 pub mod error;
-pub mod hygiene;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
+pub mod hygiene;
 mod layers;
 pub mod metrics;
 pub mod proxy;

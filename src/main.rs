@@ -33,6 +33,9 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
+    /// Runtime worker threads (default: one per core; also `WSGATE_THREADS`).
+    #[arg(long, value_name = "N", global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -84,14 +87,25 @@ fn init_logs(format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let cli = Cli::parse();
+    // A fixed core budget (benchmarks, containers): size the runtime to it.
+    let threads = cli
+        .threads
+        .or_else(|| std::env::var("WSGATE_THREADS").ok()?.parse().ok())
+        .filter(|&n| n > 0);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wsgate: error: cannot start the runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run()) {
+    match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the cause chain on one line, without a backtrace: the message
@@ -102,8 +116,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> Result<()> {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Client { url, messages }) => return client(&url, messages).await,
         _ => init_logs(cli.log_format),

@@ -132,7 +132,10 @@ async fn tcp_check_takes_a_killed_backend_out_and_back_after_restart() {
         let mut ws = connect(&ws_url(&g, "/ws")).await;
         seen.insert(whoami(&mut ws).await);
     }
-    assert!(seen.contains("a2"), "recovered backend takes sockets again: {seen:?}");
+    assert!(
+        seen.contains("a2"),
+        "recovered backend takes sockets again: {seen:?}"
+    );
     assert_no_leak(&g).await;
     g.shutdown().await;
 }
@@ -168,8 +171,10 @@ async fn http_health_backend(
                 };
                 let _ = s
                     .write_all(
-                        format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                            .as_bytes(),
+                        format!(
+                            "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
                     )
                     .await;
             });
@@ -277,7 +282,10 @@ retry_budget = "300ms""#,
     let started = Instant::now();
     assert_eq!(refused_status(&ws_url(&g, "/ws"), &[]).await, 502);
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(2), "budget not honoured: {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "budget not honoured: {took:?}"
+    );
     g.shutdown().await;
 }
 
@@ -303,7 +311,11 @@ async fn killing_a_backend_process_closes_its_clients_with_1012() {
         assert_eq!(code, 1012);
     }
     for ws in &mut on_b {
-        assert_eq!(whoami(ws).await, "b", "sockets on the live backend are untouched");
+        assert_eq!(
+            whoami(ws).await,
+            "b",
+            "sockets on the live backend are untouched"
+        );
     }
     drop(on_a);
     for mut ws in on_b {

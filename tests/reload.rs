@@ -72,7 +72,10 @@ async fn reload_adds_and_removes_backends_keeping_open_sockets() {
     assert_eq!(changes[0].1.added, vec![c.url.clone()]);
     assert_eq!(changes[0].1.removed, vec![a.url.clone()]);
     let now = g.upstreams[0].backends();
-    assert!(Arc::ptr_eq(&now[0], &kept), "b keeps its Backend (counts, state)");
+    assert!(
+        Arc::ptr_eq(&now[0], &kept),
+        "b keeps its Backend (counts, state)"
+    );
     assert_eq!(kept.active(), 1);
 
     // New sockets never go to the removed backend.
@@ -133,7 +136,11 @@ async fn a_changed_file_is_picked_up_without_a_signal() {
     let up = g.upstreams[0].clone();
     let b_url = b.url.clone();
     eventually("watcher applied the new file", move || {
-        up.backends().iter().map(|x| x.url().to_string()).collect::<Vec<_>>() == vec![b_url.clone()]
+        up.backends()
+            .iter()
+            .map(|x| x.url().to_string())
+            .collect::<Vec<_>>()
+            == vec![b_url.clone()]
     })
     .await;
     let mut ws = connect(&ws_url(&g, "/ws")).await;
@@ -155,13 +162,12 @@ async fn a_host_name_becomes_one_backend_per_address() {
     let _b4 = Backend::serve(v4, BackendOpts::named("v4"));
     let _b6 = Backend::serve(v6, BackendOpts::named("v6"));
     let host = format!("ws://localhost:{port}");
-    let cfg = Config::parse(
-        &config(&[&host], r#"resolve_interval = "100ms""#),
-        "t.toml",
-    )
-    .unwrap();
+    let cfg = Config::parse(&config(&[&host], r#"resolve_interval = "100ms""#), "t.toml").unwrap();
     let g = wsgate::server::start(&cfg).await.unwrap();
-    let resolved = tokio::net::lookup_host(("localhost", port)).await.unwrap().count();
+    let resolved = tokio::net::lookup_host(("localhost", port))
+        .await
+        .unwrap()
+        .count();
     let ids: HashSet<String> = g.upstreams[0].backends().iter().map(|b| b.id()).collect();
     assert_eq!(ids.len(), resolved, "{ids:?}");
     assert!(ids.contains(&format!("{host}@127.0.0.1")), "{ids:?}");

@@ -98,7 +98,10 @@ async fn cookie_is_set_on_the_101_and_keeps_the_client_on_its_backend() {
         }
         spread.insert(first);
     }
-    assert!(spread.len() >= 2, "sessions spread over backends: {spread:?}");
+    assert!(
+        spread.len() >= 2,
+        "sessions spread over backends: {spread:?}"
+    );
     // The backend does not see wsgate's cookie, but sees the client's others.
     let (_, set) = whoami_with(&url, &[]).await;
     let cookie = format!("{}; app=1", cookie_pair(&set.unwrap()));
@@ -228,11 +231,23 @@ async fn sticky_key_fails_over_in_hash_order_and_returns_on_recovery() {
     home_backend.set_healthy(false);
     let (away, _) = whoami_with(&url, &h).await;
     assert_ne!(away, home);
-    assert_eq!(whoami_with(&url, &h).await.0, away, "stays on the next in order");
+    assert_eq!(
+        whoami_with(&url, &h).await.0,
+        away,
+        "stays on the next in order"
+    );
     home_backend.set_healthy(true);
-    assert_eq!(whoami_with(&url, &h).await.0, home, "returns when it recovers");
+    assert_eq!(
+        whoami_with(&url, &h).await.0,
+        home,
+        "returns when it recovers"
+    );
     home_backend.set_draining(true);
-    assert_eq!(whoami_with(&url, &h).await.0, away, "a draining backend takes no new keys");
+    assert_eq!(
+        whoami_with(&url, &h).await.0,
+        away,
+        "a draining backend takes no new keys"
+    );
 }
 
 #[tokio::test]
@@ -247,10 +262,16 @@ async fn bounded_load_spreads_a_hot_key() {
     let url = ws_url(&g, "/ws");
     let mut open = Vec::new();
     for _ in 0..20 {
-        let (ws, _) = connect_with(&url, &[("x-session-id", "hot")]).await.unwrap();
+        let (ws, _) = connect_with(&url, &[("x-session-id", "hot")])
+            .await
+            .unwrap();
         open.push(ws);
     }
-    let loads: Vec<usize> = g.upstreams[0].backends().iter().map(|b| b.active()).collect();
+    let loads: Vec<usize> = g.upstreams[0]
+        .backends()
+        .iter()
+        .map(|b| b.active())
+        .collect();
     // ceil(1.25 * 20 / 5) = 5 at most per backend, instead of 20 on one.
     assert!(loads.iter().all(|l| *l <= 5), "{loads:?}");
     assert_eq!(loads.iter().sum::<usize>(), 20);

