@@ -258,6 +258,39 @@ pub struct UpstreamConfig {
     pub client_cert: Option<PathBuf>,
     /// Its private key (PEM).
     pub client_key: Option<PathBuf>,
+    /// When a backend dies under an open socket (or wsgate moves it), re-attach the
+    /// client to another backend instead of closing it with 1012.
+    #[serde(default)]
+    pub resume: bool,
+    /// Text message sent to a client after its socket was re-attached (`resume = true`).
+    pub resume_notice: Option<String>,
+    /// Periodically move sockets off backends holding far more than the average.
+    pub rebalance: Option<RebalanceConfig>,
+}
+
+/// `upstream.rebalance`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceConfig {
+    /// Most of a backend's sockets moved per `window` (0 < f <= 1).
+    #[serde(default = "default_rebalance_fraction")]
+    pub max_fraction: f64,
+    /// How often loads are compared; the moves are spread at random over it.
+    #[serde(default = "default_rebalance_window")]
+    pub window: HumanDuration,
+    /// A backend holding more than `threshold` × the mean open sockets is relieved.
+    #[serde(default = "default_rebalance_threshold")]
+    pub threshold: f64,
+}
+
+fn default_rebalance_fraction() -> f64 {
+    0.1
+}
+fn default_rebalance_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_rebalance_threshold() -> f64 {
+    1.5
 }
 
 fn default_policy() -> String {
@@ -456,6 +489,11 @@ pub struct JwtConfig {
     pub require_scopes: Vec<String>,
     /// Largest token accepted.
     pub max_token_size: Option<ByteSize>,
+    /// How many verified tokens are remembered (a reused token skips the signature
+    /// check); `0` turns the cache off.
+    pub verified_cache: Option<usize>,
+    /// PEM CA certificate(s) trusted for an `https` `jwks_url` instead of the system roots.
+    pub jwks_ca_file: Option<PathBuf>,
 }
 
 /// `[route.rate_limit]`: limits per client IP (and per verified subject).
@@ -650,6 +688,9 @@ impl Config {
                 ca_file: None,
                 client_cert: None,
                 client_key: None,
+                resume: false,
+                resume_notice: None,
+                rebalance: None,
             }],
             route: vec![RouteConfig {
                 path: path.into(),
@@ -742,6 +783,7 @@ impl Config {
             if let Some(h) = &u.health {
                 crate::upstream::check_health(h).map_err(|(key, m)| err(k(&key), m))?;
             }
+            crate::upstream::check_moves(u).map_err(|(key, m)| err(k(&key), m))?;
             if let Some(p) = &u.pool {
                 if p.max.is_some_and(|m| m == 0 || m < p.min_idle) {
                     return Err(err(

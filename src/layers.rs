@@ -87,6 +87,12 @@ pub(crate) fn jwt_builder(
     if let Some(s) = j.max_token_size {
         b = b.max_token_size(usize::try_from(s.0).unwrap_or(usize::MAX));
     }
+    if let Some(n) = j.verified_cache {
+        b = b.verified_cache(n);
+    }
+    if let Some(p) = &j.jwks_ca_file {
+        b = b.jwks_ca_file(p.clone());
+    }
     Ok(b)
 }
 

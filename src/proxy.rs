@@ -37,8 +37,14 @@ use crate::{
     error::{text, HandshakeRejection, UpstreamError},
     handshake::{self, check_client, rsv_bits, upstream_request, Forwarding, UpstreamAnswer},
     metrics::{Metrics, Outcome},
-    relay::{relay, RelaySettings, Stream},
-    upstream::{Connector, Opened},
+    relay::{
+        frame::text_frame, relay, relay_closing, relay_resumable, relay_resumed, RelayEnd,
+        RelayReport, RelaySettings, Stream,
+    },
+    upstream::{
+        resume::{resumed_handshake, resumed_headers, strip_resume_headers, ResumeRequest},
+        Connector, Opened,
+    },
 };
 
 /// How a client connection reached wsgate; inserted by the listener.
@@ -221,7 +227,11 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
 
     // Failover (bounded tries within a time budget) and passive ejection: upstream/failover.rs.
     // Owned: a borrow of the request (its body is not Sync) must not live across an await.
-    let headers = req.headers().clone();
+    let mut headers = req.headers().clone();
+    let resume_on = route.connector.resume().is_some();
+    if resume_on {
+        strip_resume_headers(&mut headers);
+    }
     let request = |backend: &wsgate_layers::Backend| {
         let url = backend.url();
         let target = format!("{}{}", url.path_prefix(), path_and_query);
@@ -303,6 +313,30 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
     if let Some(exp) = req.extensions().get::<TokenExpiry>().filter(|e| e.close) {
         settings.expires_at = Some(Instant::now() + exp.remaining());
     }
+    // Resume needs the handshake again, with the negotiated subprotocol; never with an
+    // extension (its compression context cannot move to another backend).
+    let resume = match route.connector.resume() {
+        Some(r) if extensions.is_none() => Some((
+            r.clone(),
+            ResumeRequest {
+                path_and_query: path_and_query.clone(),
+                headers: resumed_headers(&headers, &request_id),
+                hs: resumed_handshake(&hs, protocol.as_ref()),
+                protocol: protocol.clone(),
+                client_ip,
+                trusted_peer,
+                peer,
+                tls,
+                session: request_id.clone(),
+                host: client_host.clone(),
+            },
+            req.extensions()
+                .get::<wsgate_layers::upstream::StickyKey>()
+                .map(|k| k.0.clone()),
+            selected.upstream.clone(),
+        )),
+        _ => None,
+    };
     if let Some(p) = protocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
@@ -322,7 +356,12 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
     route.shared.tracker.spawn(
         async move {
             let _leases = leases;
-            let _on_backend = backend.track();
+            let mut backend = backend;
+            let mut on_backend = backend.track();
+            let mut movable = task_route
+                .connector
+                .rebalance()
+                .then(|| backend.register_movable());
             let _counted = task_route.shared.metrics.open_socket();
             task_route.active.fetch_add(1, Ordering::Relaxed);
             let _route_count = RouteCount(&task_route.active);
@@ -335,16 +374,88 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
                 }
             };
             let (client, initial) = unwrap_upgraded(upgraded);
-            let shutdown = drain_signal(&task_route.shared);
-            // A backend removed by a reload closes its sockets (1001) after its drain timeout.
-            let removed = backend.closing().clone();
-            let drain = async move {
-                tokio::select! {
-                    _ = shutdown => {}
-                    _ = removed.cancelled_owned() => {}
+            let report = if let Some((resume, req, key, upstream)) = resume {
+                let mut end = relay_resumable(
+                    client,
+                    stream,
+                    &initial,
+                    &leftover,
+                    &settings,
+                    drain_signal(&task_route.shared),
+                    move_signal(&backend, movable.as_ref()),
+                )
+                .await;
+                loop {
+                    let mut detached = match end {
+                        RelayEnd::Closed(report) => break report,
+                        RelayEnd::BackendGone(d) => d,
+                    };
+                    drop(movable.take());
+                    if task_route.shared.drain.is_cancelled() {
+                        break detached
+                            .close(1001, "going away", settings.close_timeout)
+                            .await;
+                    }
+                    let gone = backend.clone();
+                    let Some((next, stream, leftover)) = task_route
+                        .connector
+                        .reopen(&upstream, key.as_deref(), &gone, &req)
+                        .await
+                    else {
+                        info!(planned = detached.planned, "resume failed: no backend took the session");
+                        break detached
+                            .close(1012, "backend went away", settings.close_timeout)
+                            .await;
+                    };
+                    info!(from = %gone.url(), to = %next.url(), planned = detached.planned, "session resumed on another backend");
+                    backend = next;
+                    on_backend = backend.track();
+                    movable = task_route
+                        .connector
+                        .rebalance()
+                        .then(|| backend.register_movable());
+                    if let Some(text) = &resume.notice {
+                        if !write_notice(detached.client_mut(), text, settings.close_timeout).await {
+                            break RelayReport {
+                                closed_by: "client",
+                                ..RelayReport::default()
+                            };
+                        }
+                    }
+                    // Timers keep counting from the first upgrade.
+                    settings.max_lifetime = settings
+                        .max_lifetime
+                        .map(|l| l.saturating_sub(started.elapsed()));
+                    end = relay_resumed(
+                        detached,
+                        stream,
+                        &leftover,
+                        &settings,
+                        drain_signal(&task_route.shared),
+                        move_signal(&backend, movable.as_ref()),
+                    )
+                    .await;
+                }
+            } else {
+                let shutdown = drain_signal(&task_route.shared);
+                // A backend removed by a reload closes its sockets (1001) after its drain
+                // timeout.
+                let removed = backend.closing().clone();
+                let drain = async move {
+                    tokio::select! {
+                        _ = shutdown => {}
+                        _ = removed.cancelled_owned() => {}
+                    }
+                };
+                match &movable {
+                    None => relay(client, stream, &initial, &leftover, &settings, drain).await,
+                    Some(m) => {
+                        let moved = m.token().clone().cancelled_owned();
+                        relay_closing(client, stream, &initial, &leftover, &settings, drain, Some(moved)).await
+                    }
                 }
             };
-            let report = relay(client, stream, &initial, &leftover, &settings, drain).await;
+            drop((on_backend, movable));
             task_route.shared.metrics.closed(&report);
             info!(
                 duration_ms = started.elapsed().as_millis() as u64,
@@ -362,6 +473,37 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         .instrument(span),
     );
     (Outcome::Ok, resp)
+}
+
+/// Resolves when wsgate moves this socket off `backend`: the backend was removed and its
+/// drain timeout passed, or rebalancing picked the socket.
+fn move_signal(
+    backend: &Arc<wsgate_layers::Backend>,
+    movable: Option<&wsgate_layers::upstream::MovableSocket>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let removed = backend.closing().clone();
+    let picked = movable.map(|m| m.token().clone());
+    async move {
+        match picked {
+            Some(p) => tokio::select! {
+                _ = removed.cancelled_owned() => {}
+                _ = p.cancelled_owned() => {}
+            },
+            None => removed.cancelled_owned().await,
+        }
+    }
+}
+
+/// Sends the resume notice (a text message) to a re-attached client.
+async fn write_notice(client: &mut Stream, text: &str, limit: Duration) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let frame = text_frame(text);
+    let sent = tokio::time::timeout(limit, async {
+        client.write_all(&frame).await?;
+        client.flush().await
+    })
+    .await;
+    matches!(sent, Ok(Ok(())))
 }
 
 /// Whether the requested host names one of `hosts` (with or without its port).

@@ -294,6 +294,12 @@ async fn build_router(
                 eject_base: u.eject_backoff.0,
                 eject_max: u.eject_backoff_max.0,
             });
+        if u.resume {
+            connector = connector.with_resume(crate::upstream::ResumeSettings {
+                notice: u.resume_notice.clone(),
+            });
+        }
+        connector = connector.with_rebalance(u.rebalance.is_some());
         if let Some(p) = &u.pool {
             connector = connector.with_pool(Arc::new(Pool::new(PoolSettings {
                 min_idle: p.min_idle,

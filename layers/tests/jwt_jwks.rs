@@ -33,6 +33,15 @@ impl Idp {
         let state = (doc.clone(), hits.clone());
         let app = Router::new()
             .route(
+                "/moved",
+                get(|| async {
+                    (
+                        axum::http::StatusCode::FOUND,
+                        [("location", "/.well-known/jwks.json")],
+                    )
+                }),
+            )
+            .route(
                 "/.well-known/jwks.json",
                 get(
                     |State((doc, hits)): State<(Arc<Mutex<String>>, Arc<AtomicUsize>)>| async move {
@@ -229,4 +238,193 @@ async fn an_unreachable_jwks_url_fails_the_build() {
         .await
         .expect_err("unreachable");
     assert!(matches!(err, JwtConfigError::JwksFetch { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_key_rotated_out_invalidates_its_cached_tokens() {
+    let idp = Idp::start(json!({"keys": [jwk(Algorithm::ES256, "ec-1")]})).await;
+    let layer = JwtAuthLayer::builder()
+        .jwks_url(idp.url())
+        .jwks_refetch_min_interval(Duration::from_secs(3600))
+        .build()
+        .await
+        .expect("layer");
+    let token = token_ec1();
+    assert_eq!(oneshot_status(&layer, &token).await, 200);
+    assert_eq!(oneshot_status(&layer, &token).await, 200);
+    assert_eq!(layer.cache_stats().hits, 1);
+
+    // An unchanged document keeps the cached verdicts.
+    assert_eq!(layer.refresh_keys().await, Ok(1));
+    assert_eq!(oneshot_status(&layer, &token).await, 200);
+    assert_eq!(layer.cache_stats().hits, 2);
+
+    // ec-1 is rotated out: its cached tokens must not pass any more.
+    idp.set(json!({"keys": [jwk_ec256b("ec-2")]}));
+    assert_eq!(layer.refresh_keys().await, Ok(1));
+    assert_eq!(oneshot_status(&layer, &token).await, 401);
+    assert_eq!(layer.cache_stats().hits, 2);
+    assert_eq!(oneshot_status(&layer, &token_ec2()).await, 200);
+}
+
+#[tokio::test]
+async fn a_redirecting_jwks_url_fails_with_a_clear_reason() {
+    let idp = Idp::start(json!({"keys": [jwk(Algorithm::ES256, "ec-1")]})).await;
+    let err = JwtAuthLayer::builder()
+        .jwks_url(format!("http://{}/moved", idp.addr))
+        .build()
+        .await
+        .expect_err("redirect");
+    let msg = err.to_string();
+    assert!(matches!(err, JwtConfigError::JwksFetch { .. }), "{msg}");
+    assert!(
+        msg.contains("302") && msg.contains("redirects are not followed"),
+        "{msg}"
+    );
+}
+
+/// A CA, and a JWKS server on 127.0.0.1 with a certificate it signed (hand-written
+/// HTTP/1.1 over tokio-rustls: one request per connection, then close).
+struct TlsIdp {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    ca_pem: String,
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+fn new_ca() -> (rcgen::CertificateParams, rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate().expect("ca key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let pem = params.self_signed(&key).expect("ca cert").pem();
+    (params, key, pem)
+}
+
+impl TlsIdp {
+    async fn start(doc: Value) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ca_params, ca_key, ca_pem) = new_ca();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+        let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+        let cert = params.signed_by(&key, &issuer).expect("cert");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let body = doc.to_string();
+        let mut tasks = tokio::task::JoinSet::new();
+        let counter = hits.clone();
+        tasks.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let body = body.clone();
+                let counter = counter.clone();
+                conns.spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let res = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(res.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Self {
+            addr,
+            hits,
+            ca_pem,
+            _tasks: tasks,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}/.well-known/jwks.json", self.addr)
+    }
+}
+
+#[tokio::test]
+async fn jwks_over_https_is_trusted_through_jwks_ca_file() {
+    let idp = TlsIdp::start(json!({"keys": [jwk(Algorithm::ES256, "ec-1")]})).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &idp.ca_pem).expect("write ca");
+    let layer = JwtAuthLayer::builder()
+        .jwks_url(idp.url())
+        .jwks_ca_file(&ca)
+        .build()
+        .await
+        .expect("layer");
+    assert_eq!(idp.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(layer.key_count(), 1);
+    assert_eq!(oneshot_status(&layer, &token_ec1()).await, 200);
+    // The background/unknown-kid path uses the same client.
+    assert_eq!(layer.refresh_keys().await, Ok(1));
+    assert_eq!(idp.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn jwks_over_https_signed_by_another_ca_fails_the_build() {
+    let idp = TlsIdp::start(json!({"keys": [jwk(Algorithm::ES256, "ec-1")]})).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, new_ca().2).expect("write ca");
+    let err = JwtAuthLayer::builder()
+        .jwks_url(idp.url())
+        .jwks_ca_file(&other)
+        .jwks_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .expect_err("untrusted server certificate");
+    let msg = err.to_string();
+    assert!(matches!(err, JwtConfigError::JwksFetch { .. }), "{msg}");
+    assert!(msg.contains("TLS"), "{msg}");
+    assert_eq!(idp.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn jwks_ca_file_needs_an_https_jwks_url_and_a_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, new_ca().2).expect("write ca");
+    let err = JwtAuthLayer::builder()
+        .jwks_url("http://127.0.0.1:1/jwks.json")
+        .jwks_ca_file(&ca)
+        .validate()
+        .expect_err("http with a CA file");
+    assert!(err.to_string().contains("jwks_ca_file"), "{err}");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").expect("write");
+    let err = JwtAuthLayer::builder()
+        .jwks_url("https://127.0.0.1:1/jwks.json")
+        .jwks_ca_file(&empty)
+        .build()
+        .await
+        .expect_err("no certificate");
+    assert!(err.to_string().contains("jwks_ca_file"), "{err}");
 }

@@ -141,6 +141,31 @@ impl FrameScanner {
         self.remaining == 0 && self.close.is_none()
     }
 
+    /// A fragmented data message is open: its last frame so far had FIN = 0.
+    pub(crate) fn in_message(&self) -> bool {
+        self.fragmented
+    }
+
+    /// Inside the payload of a close frame.
+    pub(crate) fn in_close(&self) -> bool {
+        self.close.is_some()
+    }
+
+    /// The stream goes to a new destination that never saw the current message: the
+    /// rest of the current frame and of its message (continuation frames up to FIN) is
+    /// dropped; control frames in between still pass, the next message goes on whole.
+    pub(crate) fn abandon_message(&mut self) {
+        self.stop_at_boundary = false;
+        if self.remaining > 0 {
+            self.skipping = true;
+        }
+        if self.fragmented {
+            self.dropping = true;
+        }
+        self.data_frame = false;
+        self.message_len = 0;
+    }
+
     /// Makes the next [`scan`](Self::scan) stop at the first frame boundary it reaches
     /// (immediately, if already at one).
     pub(crate) fn stop_at_boundary(&mut self) {
@@ -380,6 +405,25 @@ impl CloseCapture {
         let code = (self.len >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]));
         CloseSeen { code }
     }
+}
+
+/// An unmasked text frame toward a client (the resume notice): written once per
+/// re-attachment, never on the relay's hot path.
+pub(crate) fn text_frame(text: &str) -> Vec<u8> {
+    let len = text.len();
+    let mut v = Vec::with_capacity(len + 10);
+    v.push(0x81);
+    if len < 126 {
+        v.push(len as u8);
+    } else if let Ok(l) = u16::try_from(len) {
+        v.push(126);
+        v.extend_from_slice(&l.to_be_bytes());
+    } else {
+        v.push(127);
+        v.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    v.extend_from_slice(text.as_bytes());
+    v
 }
 
 /// A frame the relay writes itself (a close), masked when it goes to a backend.

@@ -117,6 +117,96 @@ enum ProxyClose {
     Expired,
     Lifetime,
     PingTimeout,
+    Rebalance,
+}
+
+/// How a relay ended: closed, or (resume mode) its backend went away while the client's
+/// socket sits at a clean boundary and can be re-attached to another backend.
+#[derive(Debug)]
+pub(crate) enum RelayEnd {
+    /// Both sides are closed (or gone); the socket is over.
+    Closed(RelayReport),
+    /// The backend is gone and the client is intact: see [`Detached`].
+    BackendGone(Box<Detached>),
+}
+
+/// A client socket whose backend went away at a boundary in both directions: the client
+/// has seen whole messages only, and the client-to-backend state (its unforwarded bytes,
+/// where it stands in its frames) is kept so a new backend gets whole messages only.
+#[derive(Debug)]
+pub(crate) struct Detached {
+    client: Stream,
+    up: Pump,
+    /// Traffic so far (client-to-backend counters live in `up`).
+    report: RelayReport,
+    /// Why: the backend vanished, or wsgate moved the socket (drain, rebalance).
+    pub(crate) planned: bool,
+}
+
+impl Detached {
+    /// The client's socket, to write a notice on before the next relay starts.
+    pub(crate) fn client_mut(&mut self) -> &mut Stream {
+        &mut self.client
+    }
+
+    /// No backend took the socket: close the client with `code`, wait (at most
+    /// `timeout`) for its close frame, and report.
+    pub(crate) async fn close(
+        mut self,
+        code: u16,
+        reason: &'static str,
+        timeout: Duration,
+    ) -> RelayReport {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let frame = frame::ControlFrame::close(code, reason, false);
+        let wrote = tokio::time::timeout(timeout, async {
+            self.client.write_all(frame.as_bytes()).await?;
+            self.client.flush().await
+        })
+        .await;
+        if matches!(wrote, Ok(Ok(()))) {
+            // Read until the client's close frame (or EOF), so it closes cleanly.
+            let mut scanner = frame::FrameScanner::new(ScanRules {
+                masked: true,
+                max_message: u64::MAX >> 1,
+                rsv_allowed: 0x70,
+            });
+            let _ = tokio::time::timeout(timeout, async {
+                let mut buf = [0u8; 1024];
+                let mut held = 0usize;
+                loop {
+                    let n = self.client.read(&mut buf[held..]).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    held += n;
+                    let scan = scanner.scan(&buf[..held]);
+                    match scan.stop {
+                        frame::Stop::More => {
+                            buf.copy_within(scan.forward..held, 0);
+                            held -= scan.forward;
+                        }
+                        frame::Stop::Skip(k) => {
+                            let from = (scan.forward + k).min(held);
+                            buf.copy_within(from..held, 0);
+                            held -= from;
+                        }
+                        _ => return,
+                    }
+                }
+            })
+            .await;
+            let _ = self.client.shutdown().await;
+        }
+        let mut report = self.report;
+        report.bytes_up = self.up.bytes;
+        report.messages_up = self.up.messages();
+        report.messages_dropped = self.up.dropped();
+        report.closed_by = "proxy";
+        report.close_code = Some(code);
+        report.proxy_reason = Some(reason);
+        report
+    }
 }
 
 /// Relays frames between an upgraded client socket and its backend socket until both
@@ -125,20 +215,145 @@ enum ProxyClose {
 /// `client_initial` and `upstream_initial` are bytes already read past the handshakes.
 /// When `shutdown` resolves the socket is closed gracefully (1001 "going away").
 pub async fn relay(
-    mut client: Stream,
-    mut upstream: Stream,
+    client: Stream,
+    upstream: Stream,
     client_initial: &[u8],
     upstream_initial: &[u8],
     settings: &RelaySettings,
     shutdown: impl Future<Output = ()>,
 ) -> RelayReport {
-    let rules = |masked| ScanRules {
+    relay_closing(
+        client,
+        upstream,
+        client_initial,
+        upstream_initial,
+        settings,
+        shutdown,
+        None::<std::future::Pending<()>>,
+    )
+    .await
+}
+
+/// [`relay`], closing both sides with 1012 "rebalance" when `rebalance` (if any) resolves.
+pub(crate) async fn relay_closing(
+    client: Stream,
+    upstream: Stream,
+    client_initial: &[u8],
+    upstream_initial: &[u8],
+    settings: &RelaySettings,
+    shutdown: impl Future<Output = ()>,
+    rebalance: Option<impl Future<Output = ()>>,
+) -> RelayReport {
+    let up = up_pump(settings, client_initial);
+    let down = down_pump(settings, upstream_initial);
+    let (rebalance, signal) = match rebalance {
+        Some(f) => (true, futures_util::future::Either::Left(f)),
+        None => (
+            false,
+            futures_util::future::Either::Right(std::future::pending()),
+        ),
+    };
+    let end = run(
+        client,
+        upstream,
+        up,
+        down,
+        settings,
+        shutdown,
+        signal,
+        std::future::pending(),
+        RelayReport::default(),
+        Mode {
+            rebalance,
+            resume: false,
+        },
+    )
+    .await;
+    match end {
+        RelayEnd::Closed(r) => r,
+        // Pumps built without resume never park.
+        RelayEnd::BackendGone(d) => d.report.clone(),
+    }
+}
+
+/// Resume mode: like [`relay`], but a backend that vanishes at a clean boundary, or a
+/// `detach` (drain, rebalance) gives the client back as [`RelayEnd::BackendGone`]
+/// instead of closing it.
+pub(crate) async fn relay_resumable(
+    client: Stream,
+    upstream: Stream,
+    client_initial: &[u8],
+    upstream_initial: &[u8],
+    settings: &RelaySettings,
+    shutdown: impl Future<Output = ()>,
+    detach: impl Future<Output = ()>,
+) -> RelayEnd {
+    let up = up_pump(settings, client_initial).resumable();
+    let down = down_pump(settings, upstream_initial).resumable();
+    run(
+        client,
+        upstream,
+        up,
+        down,
+        settings,
+        shutdown,
+        std::future::pending(),
+        detach,
+        RelayReport::default(),
+        Mode {
+            rebalance: false,
+            resume: true,
+        },
+    )
+    .await
+}
+
+/// Re-attaches a [`Detached`] client to a new backend socket.
+pub(crate) async fn relay_resumed(
+    detached: Box<Detached>,
+    upstream: Stream,
+    upstream_initial: &[u8],
+    settings: &RelaySettings,
+    shutdown: impl Future<Output = ()>,
+    detach: impl Future<Output = ()>,
+) -> RelayEnd {
+    let Detached {
+        client,
+        mut up,
+        report,
+        ..
+    } = *detached;
+    up.reattach();
+    let down = down_pump(settings, upstream_initial).resumable();
+    run(
+        client,
+        upstream,
+        up,
+        down,
+        settings,
+        shutdown,
+        std::future::pending(),
+        detach,
+        report,
+        Mode {
+            rebalance: false,
+            resume: true,
+        },
+    )
+    .await
+}
+
+fn rules(settings: &RelaySettings, masked: bool) -> ScanRules {
+    ScanRules {
         masked,
         max_message: settings.max_message,
         rsv_allowed: settings.rsv_allowed,
-    };
-    let mut up = Pump::new(
-        rules(true),
+    }
+}
+
+fn up_pump(settings: &RelaySettings, client_initial: &[u8]) -> Pump {
+    Pump::new(
+        rules(settings, true),
         settings
             .message_limits
             .filter(MessageLimits::is_limited)
@@ -146,17 +361,45 @@ pub async fn relay(
         settings.buffer_size,
         client_initial,
         (1001, "client went away"),
-    );
-    let mut down = Pump::new(
-        rules(false),
+    )
+}
+
+fn down_pump(settings: &RelaySettings, upstream_initial: &[u8]) -> Pump {
+    Pump::new(
+        rules(settings, false),
         None,
         settings.buffer_size,
         upstream_initial,
         (1012, "backend went away"),
-    );
+    )
+}
+
+/// Which optional signals a relay listens to; off, they cost nothing per wake-up.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    rebalance: bool,
+    resume: bool,
+}
+
+/// The relay loop. `base` carries the traffic of earlier backends (resume mode).
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    mut client: Stream,
+    mut upstream: Stream,
+    mut up: Pump,
+    mut down: Pump,
+    settings: &RelaySettings,
+    shutdown: impl Future<Output = ()>,
+    rebalance: impl Future<Output = ()>,
+    detach: impl Future<Output = ()>,
+    base: RelayReport,
+    mode: Mode,
+) -> RelayEnd {
     let mut report = RelayReport::default();
 
     let mut shutdown = pin!(shutdown);
+    let mut rebalance = pin!(rebalance);
+    let mut detach = pin!(detach);
     let far = TokioInstant::now() + Duration::from_secs(86400 * 365);
     let idle_every = settings.idle_timeout;
     let mut idle = pin!(sleep_until(
@@ -178,6 +421,13 @@ pub async fn relay(
     let mut ping_outstanding = false;
     let mut closing = false;
     let mut shutting_down = false;
+    let mut rebalanced = false;
+    // Resume mode: a planned switch is under way, or the backend is gone.
+    let mut detaching = false;
+    let mut detach_fired = false;
+    // Resume mode: a write to the backend failed; waiting for its read side.
+    let mut lost_write = false;
+    let mut gone: Option<bool> = None;
 
     loop {
         enum Wake {
@@ -186,6 +436,7 @@ pub async fn relay(
             Idle,
             Ping,
             CloseTimeout,
+            Detach,
         }
         let wake = tokio::select! {
             biased;
@@ -203,11 +454,13 @@ pub async fn relay(
                 Poll::Pending
             }) => Wake::Pump(from_client, event),
             _ = &mut shutdown, if !shutting_down => Wake::Proxy(ProxyClose::Shutdown),
+            _ = &mut rebalance, if mode.rebalance && !rebalanced => Wake::Proxy(ProxyClose::Rebalance),
+            _ = &mut detach, if mode.resume && !detach_fired && !closing => Wake::Detach,
             _ = &mut idle, if idle_every.is_some() && !closing => Wake::Idle,
             _ = &mut expiry, if settings.expires_at.is_some() && !closing => Wake::Proxy(ProxyClose::Expired),
             _ = &mut lifetime, if settings.max_lifetime.is_some() && !closing => Wake::Proxy(ProxyClose::Lifetime),
             _ = &mut ping, if ping_every.is_some() && !closing => Wake::Ping,
-            _ = &mut close_deadline, if closing => Wake::CloseTimeout,
+            _ = &mut close_deadline, if closing || detaching || lost_write => Wake::CloseTimeout,
         };
         let wake = match wake {
             Wake::Idle if up.activity + down.activity > 0 => {
@@ -239,6 +492,18 @@ pub async fn relay(
             }
             other => other,
         };
+        // Anything but the switch itself cancels a planned switch under way.
+        let switch_event = matches!(
+            wake,
+            Wake::Pump(_, Event::Parked | Event::SourceLost | Event::DstLost)
+                | Wake::Detach
+                | Wake::CloseTimeout
+        );
+        if detaching && !switch_event {
+            detaching = false;
+            up.undetach();
+            down.undetach();
+        }
         match wake {
             Wake::Pump(from_client, event) => match event {
                 Event::Closed(seen) => {
@@ -265,11 +530,44 @@ pub async fn relay(
                     if report.closed_by.is_empty() {
                         report.closed_by = if from_client { "client" } else { "backend" };
                     }
-                    if up.is_done() && down.is_done() {
+                    if (up.is_done() || up.is_parked()) && (down.is_done() || down.is_parked()) {
+                        break;
+                    }
+                }
+                Event::SourceLost => {
+                    // The backend vanished; the client has whole messages only.
+                    if report.closed_by.is_empty() && up.park_client_side() {
+                        gone = Some(false);
+                        break;
+                    }
+                    down.give_up_parked();
+                }
+                Event::DstLost => {
+                    // Writing to the backend failed: its read side tells how it ended
+                    // (at a boundary or not). Bounded by the close timeout.
+                    lost_write = true;
+                    close_deadline
+                        .as_mut()
+                        .reset(TokioInstant::now() + settings.close_timeout);
+                }
+                Event::Parked => {
+                    if up.is_parked() && down.is_parked() {
+                        gone = Some(true);
                         break;
                     }
                 }
             },
+            Wake::Detach => {
+                detach_fired = true;
+                if report.closed_by.is_empty() {
+                    detaching = true;
+                    up.detach();
+                    down.detach();
+                    close_deadline
+                        .as_mut()
+                        .reset(TokioInstant::now() + settings.close_timeout);
+                }
+            }
             Wake::Proxy(why) => {
                 let (code, reason) = match why {
                     ProxyClose::Shutdown => {
@@ -280,6 +578,10 @@ pub async fn relay(
                     ProxyClose::Expired => (4401, "token expired"),
                     ProxyClose::Lifetime => (1001, "max lifetime"),
                     ProxyClose::PingTimeout => (1001, "ping timeout"),
+                    ProxyClose::Rebalance => {
+                        rebalanced = true;
+                        (1012, "rebalance")
+                    }
                 };
                 if report.closed_by.is_empty() {
                     report.closed_by = "proxy";
@@ -290,6 +592,19 @@ pub async fn relay(
                 up.close_dst(1001, reason);
             }
             Wake::Idle | Wake::Ping => {}
+            Wake::CloseTimeout if (detaching || lost_write) && !closing => {
+                // No clean boundary in time: close as when a backend dies.
+                detaching = false;
+                lost_write = false;
+                up.undetach();
+                down.undetach();
+                down.give_up_parked();
+                report.closed_by = "proxy";
+                report.close_code = Some(1012);
+                report.proxy_reason = Some("backend went away");
+                down.close_dst(1012, "backend went away");
+                up.close_dst(1001, "backend went away");
+            }
             Wake::CloseTimeout => break,
         }
         if !closing
@@ -306,9 +621,34 @@ pub async fn relay(
         }
     }
     report.bytes_up = up.bytes;
-    report.bytes_down = down.bytes;
+    report.bytes_down = base.bytes_down + down.bytes;
     report.messages_up = up.messages();
-    report.messages_down = down.messages();
+    report.messages_down = base.messages_down + down.messages();
     report.messages_dropped = up.dropped();
-    report
+    match gone {
+        None => RelayEnd::Closed(report),
+        Some(planned) => {
+            if planned {
+                // Parked at a client frame boundary: tell the old backend, best effort.
+                use tokio::io::AsyncWriteExt;
+                let bye = frame::ControlFrame::close(1012, "session moved", true);
+                let _ = tokio::time::timeout(
+                    settings.close_timeout.min(Duration::from_secs(1)),
+                    async {
+                        upstream.write_all(bye.as_bytes()).await?;
+                        upstream.shutdown().await
+                    },
+                )
+                .await;
+            }
+            drop(upstream);
+            drop(down);
+            RelayEnd::BackendGone(Box::new(Detached {
+                client,
+                up,
+                report,
+                planned,
+            }))
+        }
+    }
 }

@@ -25,6 +25,14 @@ pub(crate) enum Event {
     Violation(Violation),
     /// The source is gone and the destination was shut down; the pump is done.
     Finished,
+    /// Resume mode, backend-to-client pump: the backend vanished at a message boundary
+    /// and nothing was sent to the client; the pump is parked.
+    SourceLost,
+    /// Resume mode, client-to-backend pump: writing to the backend failed; the pump is
+    /// parked with the client's unforwarded bytes.
+    DstLost,
+    /// A [`Pump::detach`] reached its boundary; the pump is parked.
+    Parked,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +43,8 @@ enum State {
     Discard,
     Shutdown,
     Done,
+    /// Stopped at a boundary for a backend switch: neither reads nor writes.
+    Parked,
 }
 
 /// What to do once the scanned bytes are written.
@@ -83,6 +93,11 @@ pub(crate) struct Pump {
     pub(crate) activity: u64,
     /// Bytes read from the source since the last keep-alive check (ping deadline).
     pub(crate) heard: u64,
+    /// Resume mode: the backend side of this pump may be replaced, so losing it parks
+    /// the pump instead of closing the client.
+    resume: bool,
+    /// Park at the next boundary (a planned backend switch).
+    detach: bool,
 }
 
 impl Pump {
@@ -122,6 +137,8 @@ impl Pump {
             bytes: 0,
             activity: 0,
             heard: 0,
+            resume: false,
+            detach: false,
         };
         if !initial.is_empty() {
             let mut buf = buffer::take(pump.buf_size);
@@ -174,6 +191,120 @@ impl Pump {
         self.inject_pos = 0;
         if !self.scanner.at_boundary() {
             self.scanner.stop_at_boundary();
+        }
+    }
+
+    /// Resume mode: losing this pump's backend side parks it instead of closing.
+    pub(crate) fn resumable(mut self) -> Self {
+        self.resume = true;
+        self
+    }
+
+    /// Parked: stopped at a boundary for a backend switch.
+    pub(crate) fn is_parked(&self) -> bool {
+        self.state == State::Parked
+    }
+
+    /// Asks the pump to park at its next boundary: a frame boundary from the client
+    /// (the rest of a message is dropped after the switch), a message boundary toward
+    /// the client (a message cannot be finished by another backend).
+    pub(crate) fn detach(&mut self) {
+        self.detach = true;
+        if !self.scanner.at_boundary() {
+            self.scanner.stop_at_boundary();
+        }
+    }
+
+    /// Cancels a [`detach`](Self::detach): something else (a close) happened first.
+    pub(crate) fn undetach(&mut self) {
+        self.detach = false;
+        if self.state == State::Parked && !self.src_gone {
+            self.state = State::Read;
+        }
+    }
+
+    fn detach_ready(&self) -> bool {
+        // Toward the client (unmasked source) only a message boundary will do.
+        self.mask_to_dst || !self.scanner.in_message()
+    }
+
+    /// Backend-to-client pump in resume mode: the backend vanished. Parks when the
+    /// client has seen whole messages only and nothing closes it yet.
+    fn park_on_vanish(&mut self) -> bool {
+        if !self.resume || self.mask_to_dst {
+            return false;
+        }
+        let clean = !self.dst_closed
+            && self.inject.is_none()
+            && self.scanner.at_boundary()
+            && !self.scanner.in_message();
+        if clean {
+            self.src_gone = true;
+            self.filled = 0;
+            self.state = State::Parked;
+        }
+        clean
+    }
+
+    /// The relay decided not to switch backends after [`Event::SourceLost`]: close the
+    /// client as usual (1012).
+    pub(crate) fn give_up_parked(&mut self) {
+        self.resume = false;
+        self.detach = false;
+        if self.state == State::Parked && self.src_gone {
+            self.vanished();
+        }
+    }
+
+    /// Client-to-backend pump: stops for a backend switch, keeping the client's bytes
+    /// not yet scanned. Bytes already scanned toward the dead backend are dropped (their
+    /// message is lost). False when the client was closing or broke the protocol:
+    /// then there is nothing to carry over.
+    pub(crate) fn park_client_side(&mut self) -> bool {
+        if !self.mask_to_dst || self.dst_closed || self.src_close.is_some() || self.src_gone {
+            return false;
+        }
+        match self.state {
+            State::Read | State::Parked => {}
+            State::Write => {
+                let from = match self.after {
+                    After::Continue | After::Boundary => self.write_end,
+                    After::Skip(k) => (self.write_end + k).min(self.filled),
+                    After::Close(_) | After::Violation(_) => return false,
+                };
+                if let Some(b) = self.buf.as_mut() {
+                    b.copy_within(from..self.filled, 0);
+                }
+                self.filled -= from;
+                self.write_pos = 0;
+                self.write_end = 0;
+            }
+            State::WriteControl | State::Discard | State::Shutdown | State::Done => return false,
+        }
+        if self.scanner.in_close() {
+            return false;
+        }
+        self.state = State::Parked;
+        true
+    }
+
+    /// Client-to-backend pump, parked by [`park_client_side`](Self::park_client_side):
+    /// carries on toward a new backend, dropping the rest of the message the old one
+    /// got part of, so the new one never sees a continuation without its start.
+    pub(crate) fn reattach(&mut self) {
+        self.scanner.abandon_message();
+        self.detach = false;
+        self.inject = None;
+        self.queued_close = None;
+        self.dst_closed = false;
+        self.after = After::Continue;
+        self.write_pos = 0;
+        self.write_end = 0;
+        if self.filled > 0 && self.buf.is_some() {
+            self.rescan();
+        } else {
+            self.filled = 0;
+            self.state = State::Read;
         }
     }
 
@@ -232,8 +363,25 @@ impl Pump {
                         self.state = State::WriteControl;
                         continue;
                     }
+                    if self.detach && self.scanner.at_boundary() {
+                        if self.detach_ready() {
+                            self.state = State::Parked;
+                            return Poll::Ready(Event::Parked);
+                        }
+                        // Mid-message toward the client: on to the message's end.
+                        self.scanner.stop_at_boundary();
+                        if self.filled > 0 {
+                            self.rescan();
+                            continue;
+                        }
+                    }
                     match ready!(self.poll_read(cx, src)) {
-                        Ok(0) | Err(_) => self.vanished(),
+                        Ok(0) | Err(_) => {
+                            if self.park_on_vanish() {
+                                return Poll::Ready(Event::SourceLost);
+                            }
+                            self.vanished()
+                        }
                         Ok(n) => self.took(n),
                     }
                 }
@@ -364,7 +512,7 @@ impl Pump {
                     }
                     return Poll::Ready(Event::Finished);
                 }
-                State::Done => return Poll::Pending,
+                State::Done | State::Parked => return Poll::Pending,
             }
         }
     }
@@ -390,6 +538,9 @@ impl Pump {
 
     /// Writing to the destination failed: it is gone, nothing more can go there.
     fn dst_gone(&mut self) -> Event {
+        if self.resume && self.mask_to_dst && self.park_client_side() {
+            return Event::DstLost;
+        }
         self.state = State::Done;
         self.filled = 0;
         if let Some(b) = self.buf.take() {

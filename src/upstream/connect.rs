@@ -30,6 +30,8 @@ pub struct Connector {
     handshake_timeout: Duration,
     pub(super) retry: super::failover::Retry,
     pub(super) pool: Option<Arc<super::pool::Pool>>,
+    pub(super) resume: Option<Arc<super::resume::ResumeSettings>>,
+    pub(super) rebalance: bool,
 }
 
 impl std::fmt::Debug for Connector {
@@ -113,6 +115,8 @@ impl Connector {
             handshake_timeout,
             retry: super::failover::Retry::default(),
             pool: None,
+            resume: None,
+            rebalance: false,
         }
     }
 

@@ -10,6 +10,7 @@
 //! * [`failover`]: trying candidates in turn within a budget; passive ejection.
 //! * [`health`]: active checks (HTTP, TCP, WebSocket) with rise/fall thresholds.
 //! * [`pool`]: warm, not yet upgraded connections per backend.
+//! * [`resume`]: re-attaching an open client socket to another backend.
 //! * [`supervisor`]: the tasks above per backend, the backend set's changes (reload,
 //!   DNS re-resolution) and draining of removed backends.
 
@@ -17,9 +18,11 @@ mod connect;
 pub mod failover;
 pub mod health;
 pub mod pool;
+pub mod resume;
 pub mod supervisor;
 
 pub(crate) use connect::Opened;
 pub use connect::{tls_client_config, Connector};
 pub use health::{check_health, HealthCheck};
+pub use resume::{check_moves, ResumeSettings};
 pub use supervisor::{check_sticky, Supervisor};

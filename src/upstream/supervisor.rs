@@ -28,7 +28,7 @@ use wsgate_layers::{
 };
 
 use super::{health, pool::Pool, Connector, HealthCheck};
-use crate::config::{Config, StickyConfig, UpstreamConfig};
+use crate::config::{Config, RebalanceConfig, StickyConfig, UpstreamConfig};
 
 /// Checks `upstream.sticky` and builds its layer; the error names the key.
 pub fn check_sticky(s: &StickyConfig) -> Result<StickyLayer, (String, String)> {
@@ -157,6 +157,7 @@ struct Group {
     drain_timeout: Duration,
     specs: Vec<Spec>,
     tasks: HashMap<String, CancellationToken>,
+    rebalance: Option<RebalanceConfig>,
 }
 
 /// Owns every background task of the upstream groups and applies backend changes.
@@ -257,6 +258,7 @@ impl Supervisor {
             drain_timeout: cfg.drain_timeout.0,
             specs,
             tasks: HashMap::new(),
+            rebalance: cfg.rebalance.clone(),
         };
         let wanted = resolve(&g.specs, &g.upstream.backends()).await;
         self.sync(&mut g, wanted);
@@ -267,7 +269,23 @@ impl Supervisor {
             }
         }
         let name = g.upstream.name().to_string();
+        let rebalance_every = g.rebalance.as_ref().map(|r| r.window.0);
         self.groups.lock().await.push(g);
+        if let Some(every) = rebalance_every {
+            let me = Arc::downgrade(self);
+            let stop = self.stop.clone();
+            let name = name.clone();
+            self.tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    let Some(sup) = me.upgrade() else { return };
+                    sup.rebalance(&name).await;
+                }
+            });
+        }
         if has_names {
             let me = Arc::downgrade(self);
             let every = cfg.resolve_interval.0;
@@ -312,6 +330,13 @@ impl Supervisor {
             };
             g.specs = specs(u);
             g.drain_timeout = u.drain_timeout.0;
+            match (&g.rebalance, &u.rebalance) {
+                (Some(_), Some(r)) => g.rebalance = Some(r.clone()),
+                (None, None) => {}
+                _ => {
+                    warn!(upstream = %u.name, "reload: turning rebalance on or off needs a restart; its settings are applied otherwise")
+                }
+            }
             let wanted = resolve(&g.specs, &g.upstream.backends()).await;
             out.push((u.name.clone(), self.sync(g, wanted)));
         }
@@ -408,6 +433,70 @@ impl Supervisor {
             ));
         }
         g.tasks.insert(b.id(), token);
+    }
+
+    /// One rebalancing round for group `name`: every available backend holding more
+    /// than `threshold` × the mean of movable sockets gets up to `max_fraction` of its
+    /// sockets (never more than its excess over the mean) told to move, at random
+    /// moments spread over `window`. Returns how many sockets each backend was asked to
+    /// move.
+    pub async fn rebalance(&self, name: &str) -> Vec<(String, usize)> {
+        let groups = self.groups.lock().await;
+        let Some(g) = groups.iter().find(|g| g.upstream.name() == name) else {
+            return Vec::new();
+        };
+        let Some(r) = g.rebalance.clone() else {
+            return Vec::new();
+        };
+        let backends: Vec<Arc<Backend>> = g
+            .upstream
+            .backends()
+            .into_iter()
+            .filter(|b| b.is_available())
+            .collect();
+        drop(groups);
+        if backends.len() < 2 {
+            return Vec::new();
+        }
+        // Sockets already told to move are not counted: they are on their way.
+        let loads: Vec<usize> = backends.iter().map(|b| b.movable()).collect();
+        let mean = loads.iter().sum::<usize>() as f64 / backends.len() as f64;
+        let mut moves = Vec::new();
+        let mut picked = Vec::new();
+        for (b, load) in backends.iter().zip(loads) {
+            if (load as f64) <= r.threshold * mean {
+                continue;
+            }
+            let excess = load.saturating_sub(mean.ceil() as usize);
+            let share = (r.max_fraction * load as f64).ceil() as usize;
+            let tokens = b.pick_movable(excess.min(share));
+            if tokens.is_empty() {
+                continue;
+            }
+            info!(upstream = name, backend = %b.url(), open = load, mean, moving = tokens.len(), "rebalance: moving sockets off an overloaded backend");
+            moves.push((b.id(), tokens.len()));
+            picked.extend(tokens);
+        }
+        if picked.is_empty() {
+            return moves;
+        }
+        // Spread over the window, so the clients do not all reconnect at once.
+        let mut at: Vec<(Duration, CancellationToken)> = picked
+            .into_iter()
+            .map(|t| (r.window.0.mul_f64(fastrand::f64()), t))
+            .collect();
+        at.sort_by_key(|(d, _)| *d);
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            let start = tokio::time::Instant::now();
+            for (d, t) in at {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(start + d) => t.cancel(),
+                }
+            }
+        });
+        moves
     }
 
     /// No new sockets for `b`; its open ones get `timeout`, then close with 1001.
@@ -538,6 +627,7 @@ mod tests {
             drain_timeout: Duration::from_millis(50),
             specs: Vec::new(),
             tasks: HashMap::new(),
+            rebalance: None,
         };
         // A DNS answer with two addresses: two backends.
         let c = sup.sync(

@@ -1,7 +1,9 @@
 //! One-shot HTTP(S) GET of a JWKS document with hyper 1 and rustls (aws-lc-rs).
 //!
 //! Deliberately small: HTTP/1.1, one request per connection, no redirects (an IdP's JWKS
-//! URL is configured exactly), a timeout around everything and a cap on the body size.
+//! URL is configured exactly; a `3xx` is an error that says so), a timeout around
+//! everything and a cap on the body size. `https` trusts the system roots, or only the
+//! CAs of `jwks_ca_file` when one is configured.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,7 +11,7 @@ use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
 /// The largest JWKS document accepted.
@@ -35,8 +37,9 @@ impl std::fmt::Debug for JwksClient {
 }
 
 impl JwksClient {
-    /// Checks the URL and, for `https`, prepares the TLS client with the system roots.
-    pub(crate) fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+    /// Checks the URL and, for `https`, prepares the TLS client with the system roots, or
+    /// with the CA certificates in `ca_pem` instead when given.
+    pub(crate) fn new(url: &str, timeout: Duration, ca_pem: Option<&[u8]>) -> Result<Self, String> {
         let uri: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
         let https = match uri.scheme_str() {
             Some("http") => false,
@@ -52,7 +55,7 @@ impl JwksClient {
                 .to_owned();
             let server_name =
                 ServerName::try_from(name).map_err(|e| format!("bad TLS server name: {e}"))?;
-            Some((tls_connector()?, server_name))
+            Some((tls_connector(ca_pem)?, server_name))
         } else {
             None
         };
@@ -115,6 +118,12 @@ impl JwksClient {
                 .send_request(req)
                 .await
                 .map_err(|e| format!("request: {e}"))?;
+            if res.status().is_redirection() {
+                return Err(format!(
+                    "status {} (redirects are not followed; configure the final JWKS URL)",
+                    res.status()
+                ));
+            }
             if res.status() != StatusCode::OK {
                 return Err(format!("status {}", res.status()));
             }
@@ -124,28 +133,46 @@ impl JwksClient {
                 .map_err(|e| format!("body: {e}"))?;
             Ok(body.to_bytes())
         };
-        // The connection future drives the I/O; whichever ends first decides. Dropping the
-        // connection when the exchange is done closes the socket.
+        // The connection future drives the I/O. Dropping it when the exchange is done
+        // closes the socket. A server that answers with `Connection: close` lets the
+        // connection end before the exchange has read the (already buffered) body, so a
+        // clean end means "finish the exchange", which itself fails if no response came.
+        tokio::pin!(exchange);
         tokio::select! {
             biased;
-            r = exchange => r,
+            r = &mut exchange => r,
             r = conn => match r {
-                Ok(()) => Err("connection closed before the response".to_owned()),
+                Ok(()) => exchange.await,
                 Err(e) => Err(format!("connection: {e}")),
             },
         }
     }
 }
 
-fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+fn tls_connector(ca_pem: Option<&[u8]>) -> Result<tokio_rustls::TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
-    let loaded = rustls_native_certs::load_native_certs();
-    for cert in loaded.certs {
-        // A single unparsable system certificate must not disable the others.
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err("no usable system root certificates for https".to_owned());
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("jwks_ca_file: not a PEM certificate: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("jwks_ca_file: unusable CA certificate: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("jwks_ca_file holds no certificate".to_owned());
+            }
+        }
+        None => {
+            let loaded = rustls_native_certs::load_native_certs();
+            for cert in loaded.certs {
+                // A single unparsable system certificate must not disable the others.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err("no usable system root certificates for https".to_owned());
+            }
+        }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)

@@ -69,6 +69,12 @@ pub(crate) struct KeyTable {
     /// Keys without a `kid` (a secret, a PEM file, a JWK without `kid`).
     anonymous: Vec<Arc<VerifyKey>>,
     all: Vec<Arc<VerifyKey>>,
+    /// Changes whenever the keys may have changed (a new JWKS document); cached
+    /// verdicts of another generation are not used.
+    pub(crate) generation: u64,
+    /// SHA-256 of the JWKS document the table was built from, so an unchanged document
+    /// neither rebuilds the table nor invalidates the cache.
+    doc_digest: Option<[u8; 32]>,
 }
 
 /// What a token's header selects in a [`KeyTable`].
@@ -354,17 +360,24 @@ impl KeySet {
         };
         let _serial = remote.fetch_lock.lock().await;
         let doc = remote.client.get().await?;
+        let digest = super::cache::sha256(&doc);
+        let current = self.table();
+        if current.doc_digest == Some(digest) {
+            return Ok(current.len().saturating_sub(self.static_keys.len()));
+        }
         let fetched = parse_jwks(&doc)?;
         if fetched.is_empty() {
             return Err("JWKS holds no usable signature key".to_owned());
         }
         let n = fetched.len();
-        let table = KeyTable::new(
+        let mut table = KeyTable::new(
             self.static_keys
                 .iter()
                 .cloned()
                 .chain(fetched.into_iter().map(Arc::new)),
         );
+        table.generation = current.generation.wrapping_add(1);
+        table.doc_digest = Some(digest);
         self.table.store(Arc::new(table));
         tracing::debug!(url = %remote.url, keys = n, "jwt: JWKS refreshed");
         Ok(n)

@@ -7,12 +7,13 @@ use tokio_util::task::AbortOnDropHandle;
 use tower_layer::Layer;
 
 use super::{
+    cache::{CacheStats, Entry, TokenDigest, VerifiedCache, DEFAULT_VERIFIED_CACHE},
     claims::{exp_time, ForwardClaims, OnExpiry, TokenExpiry, VerifiedClaims},
     fetch::JwksClient,
     keys::{self, KeySet, Remote, VerifyKey},
     service::JwtAuth,
     source::{Sources, TokenSource},
-    verify::{Policy, Verified},
+    verify::{now_secs, Policy, Verified},
 };
 
 /// Default `leeway`: clock skew tolerated on `exp`, `nbf` and `iat`.
@@ -200,6 +201,8 @@ pub struct JwtAuthBuilder {
     require_exp: bool,
     max_token_size: usize,
     origin_allow_list: bool,
+    verified_cache: usize,
+    jwks_ca_file: Option<PathBuf>,
 }
 
 impl Default for JwtAuthBuilder {
@@ -225,6 +228,8 @@ impl Default for JwtAuthBuilder {
             require_exp: true,
             max_token_size: DEFAULT_MAX_TOKEN_SIZE,
             origin_allow_list: false,
+            verified_cache: DEFAULT_VERIFIED_CACHE,
+            jwks_ca_file: None,
         }
     }
 }
@@ -247,9 +252,32 @@ impl JwtAuthBuilder {
     /// fails the build), refreshed every [`jwks_refresh_interval`](Self::jwks_refresh_interval)
     /// in the background and re-fetched when a token names an unknown `kid` (at most once
     /// per [`jwks_refetch_min_interval`](Self::jwks_refetch_min_interval)). `https` uses
-    /// the system root certificates; redirects are not followed.
+    /// the system root certificates, or only [`jwks_ca_file`](Self::jwks_ca_file) when
+    /// set. Redirects are not followed (a `3xx` fails the fetch): configure the final URL.
     pub fn jwks_url(mut self, url: impl Into<String>) -> Self {
         self.jwks_url = Some(url.into());
+        self
+    }
+
+    /// `jwks_ca_file`: PEM file of the CA certificate(s) that sign the `https` JWKS
+    /// server's certificate, for an identity provider on a private PKI. When set, these
+    /// CAs **replace** the system roots for the JWKS fetch (as `curl --cacert` does).
+    /// Read once at build; needs an `https://` [`jwks_url`](Self::jwks_url).
+    pub fn jwks_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.jwks_ca_file = Some(path.into());
+        self
+    }
+
+    /// `verified_cache` (default 10 000, `0` turns it off): how many verified tokens the
+    /// layer remembers, so a reused token skips the signature check.
+    ///
+    /// Entries are keyed by the SHA-256 of the token (the token is not stored), hold the
+    /// verified claims, and are used only until the token's `exp` (re-checked on every
+    /// use with the same [`leeway`](Self::leeway)) and only while the key set is the one
+    /// that verified them (a changed JWKS document makes every entry a miss). Tokens
+    /// without `exp` are not cached. See [`JwtAuthLayer::cache_stats`].
+    pub fn verified_cache(mut self, entries: usize) -> Self {
+        self.verified_cache = entries;
         self
     }
 
@@ -440,6 +468,17 @@ impl JwtAuthBuilder {
             check_name("require_scopes", s)?;
         }
         self.forward_headers()?;
+        if self.jwks_ca_file.is_some()
+            && !self
+                .jwks_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        {
+            return Err(JwtConfigError::Jwks {
+                key: "jwks_ca_file".to_owned(),
+                reason: "is set but jwks_url is not an https:// URL".to_owned(),
+            });
+        }
         if let Some(url) = &self.jwks_url {
             let uri: http::Uri = url.parse().map_err(|e| JwtConfigError::JwksUrl {
                 url: url.clone(),
@@ -528,12 +567,17 @@ impl JwtAuthBuilder {
         let remote = match &self.jwks_url {
             None => None,
             Some(url) => {
-                let client = JwksClient::new(url, self.jwks_timeout).map_err(|reason| {
-                    JwtConfigError::JwksUrl {
-                        url: url.clone(),
-                        reason,
-                    }
-                })?;
+                let ca = match &self.jwks_ca_file {
+                    Some(path) => Some(keys::read_file(path, "jwks_ca_file").await?),
+                    None => None,
+                };
+                let client =
+                    JwksClient::new(url, self.jwks_timeout, ca.as_deref()).map_err(|reason| {
+                        JwtConfigError::JwksUrl {
+                            url: url.clone(),
+                            reason,
+                        }
+                    })?;
                 Some(Remote::new(url.clone(), client, self.jwks_refetch_min))
             }
         };
@@ -584,6 +628,7 @@ impl JwtAuthBuilder {
                     query_param: self.query_param,
                 },
                 on_expiry: self.on_expiry,
+                cache: VerifiedCache::new(self.verified_cache),
                 _refresher: refresher,
             }),
         })
@@ -612,6 +657,7 @@ pub(crate) struct Shared {
     pub(crate) sources: Sources,
     pub(crate) forward: ForwardClaims,
     pub(crate) on_expiry: OnExpiry,
+    pub(crate) cache: VerifiedCache,
     /// Aborts the JWKS refresh when the last layer/service clone goes.
     _refresher: Option<AbortOnDropHandle<()>>,
 }
@@ -619,16 +665,45 @@ pub(crate) struct Shared {
 impl Shared {
     /// Hands a verified token downstream: identity headers, [`TokenExpiry`] and
     /// [`VerifiedClaims`].
-    pub(crate) fn admit<B>(&self, req: &mut Request<B>, v: Verified) {
-        self.forward.apply(req.headers_mut(), &v.claims);
-        if let Some(at) = exp_time(&v.claims) {
+    pub(crate) fn admit<B>(&self, req: &mut Request<B>, claims: VerifiedClaims) {
+        self.forward.apply(req.headers_mut(), claims.claims());
+        if let Some(at) = exp_time(claims.claims()) {
             req.extensions_mut().insert(TokenExpiry {
                 at,
                 close: self.on_expiry == OnExpiry::Close,
             });
         }
-        req.extensions_mut()
-            .insert(VerifiedClaims::new(v.claims, v.alg, v.kid));
+        req.extensions_mut().insert(claims);
+    }
+
+    /// The claims of a token verified earlier by this layer, if the cache still holds it,
+    /// its `exp` has not passed (with the leeway) and the keys are those that verified it.
+    pub(crate) fn cached(&self, digest: &TokenDigest, generation: u64) -> Option<VerifiedClaims> {
+        self.cache
+            .get(digest, now_secs(), self.policy.leeway, generation)
+            .map(|e| e.claims)
+    }
+
+    /// Wraps a freshly verified token's claims and remembers them under `digest` (when
+    /// the cache is on and the token has an `exp`).
+    pub(crate) fn remember(
+        &self,
+        digest: Option<TokenDigest>,
+        generation: u64,
+        v: Verified,
+    ) -> VerifiedClaims {
+        let exp = v.claims.get("exp").and_then(serde_json::Value::as_u64);
+        let claims = VerifiedClaims::new(v.claims, v.alg, v.kid);
+        if let (Some(digest), Some(exp)) = (digest, exp) {
+            let entry = Entry {
+                claims: claims.clone(),
+                exp,
+                generation,
+            };
+            self.cache
+                .insert(digest, entry, now_secs(), self.policy.leeway);
+        }
+        claims
     }
 }
 
@@ -665,6 +740,12 @@ impl JwtAuthLayer {
     /// How many keys are currently usable (static ones plus the last fetched JWKS).
     pub fn key_count(&self) -> usize {
         self.shared.keys.table().len()
+    }
+
+    /// Hits and misses of the verified-token cache (see
+    /// [`JwtAuthBuilder::verified_cache`]), summed over its shards.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.shared.cache.stats()
     }
 
     /// Re-reads the JWKS URL now (for an operator's reload signal). Returns the number

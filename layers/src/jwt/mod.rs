@@ -55,7 +55,7 @@
 //! | HMAC secret | [`secret_env`], [`secret_file`], [`secret`] | HS256/384/512; a PEM-looking secret is refused |
 //! | PEM public keys | [`public_keys`], [`public_key_pem`] | RSA, EC P-256/P-384, Ed25519, detected |
 //! | JWKS file | [`jwks_file`], [`jwks_json`] | RSA, EC, OKP, oct; `use: enc` keys skipped |
-//! | JWKS URL | [`jwks_url`] | fetched at build, refreshed in the background, re-fetched for unknown `kid`s |
+//! | JWKS URL | [`jwks_url`] | fetched at build, refreshed in the background, re-fetched for unknown `kid`s; `https` trusts the system roots or only [`jwks_ca_file`]; redirects are not followed |
 //!
 //! Every key is parsed once and **pinned to its algorithms** (from the JWK's `alg`, its
 //! `kty`/`crv`, or the PEM type). A token's `alg` must be one of its key's pins, so an
@@ -73,6 +73,18 @@
 //!
 //! The key table is an `ArcSwap`: a handshake never waits for a lock, even while a
 //! refresh runs. The refresh task stops when the layer and all its services are dropped.
+//!
+//! # Verified-token cache
+//!
+//! A client that reconnects with the same token skips the signature check (RSA and ECDSA
+//! verification cost tens of µs; a hit costs a SHA-256 and a map lookup). The layer keeps
+//! up to [`verified_cache`] tokens (10 000 by default, `0` turns it off), keyed by the
+//! token's SHA-256 (the token is never stored). Only tokens that passed every check are
+//! remembered, per layer instance (the claim checks depend on its configuration). `exp`
+//! is still checked on every use, with the same rule and leeway as without the cache; a
+//! changed JWKS document makes every entry a miss, so a rotated-out key's tokens are
+//! verified afresh (and refused). The map is sharded with short critical sections and a
+//! bounded clock eviction; [`JwtAuthLayer::cache_stats`] reports hits and misses.
 //!
 //! # What is refused
 //!
@@ -144,6 +156,8 @@
 //! [`jwks_file`]: JwtAuthBuilder::jwks_file
 //! [`jwks_json`]: JwtAuthBuilder::jwks_json
 //! [`jwks_url`]: JwtAuthBuilder::jwks_url
+//! [`jwks_ca_file`]: JwtAuthBuilder::jwks_ca_file
+//! [`verified_cache`]: JwtAuthBuilder::verified_cache
 //! [`jwks_refetch_min_interval`]: JwtAuthBuilder::jwks_refetch_min_interval
 //! [`max_token_size`]: JwtAuthBuilder::max_token_size
 //! [`require_exp`]: JwtAuthBuilder::require_exp
@@ -158,6 +172,7 @@
 //! [`origin_allow_list`]: JwtAuthBuilder::origin_allow_list
 //! [`forward_claim`]: JwtAuthBuilder::forward_claim
 
+mod cache;
 mod claims;
 mod fetch;
 mod future;
@@ -168,6 +183,7 @@ mod service;
 mod source;
 mod verify;
 
+pub use cache::{CacheStats, DEFAULT_VERIFIED_CACHE};
 pub use claims::{
     Claims, ClaimsRejection, OnExpiry, TokenExpiry, TokenProtocolMarker, UnknownOnExpiry,
     VerifiedClaims,

@@ -11,6 +11,7 @@ use http::{HeaderValue, Request, Response};
 use tower_service::Service;
 
 use super::{
+    cache::token_digest,
     claims::TokenProtocolMarker,
     future::JwtFuture,
     layer::Shared,
@@ -78,14 +79,27 @@ where
         let Some(token) = taken.token else {
             return refuse(JwtRejection::Missing);
         };
+        let table = shared.keys.table();
+        // Oversized tokens are refused by `inspect` without being hashed.
+        let digest = (shared.cache.enabled() && token.len() <= shared.policy.max_token_size)
+            .then(|| token_digest(&token));
+        if let Some(claims) = digest
+            .as_ref()
+            .and_then(|d| shared.cached(d, table.generation))
+        {
+            // Same bytes, same layer, same keys, `exp` re-checked: the verdict stands.
+            shared.admit(&mut req, claims);
+            return ResponseFuture::inner(JwtFuture::inner(self.inner.call(req), marker));
+        }
         let header = match inspect(&token, shared.policy.max_token_size) {
             Ok(h) => h,
             Err(r) => return refuse(r),
         };
-        let outcome = verify(&token, &header, &shared.policy, &shared.keys.table());
+        let outcome = verify(&token, &header, &shared.policy, &table);
         match outcome {
             Outcome::Verified(v) => {
-                shared.admit(&mut req, v);
+                let claims = shared.remember(digest, table.generation, v);
+                shared.admit(&mut req, claims);
                 ResponseFuture::inner(JwtFuture::inner(self.inner.call(req), marker))
             }
             Outcome::Rejected(r) => refuse(r),
@@ -98,10 +112,13 @@ where
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let deferred = async move {
                     shared.keys.refetch_for_unknown_kid().await;
-                    let outcome = verify(&token, &header, &shared.policy, &shared.keys.table());
+                    let table = shared.keys.table();
+                    let outcome = verify(&token, &header, &shared.policy, &table);
                     let r = match outcome {
                         Outcome::Verified(v) => {
-                            shared.admit(&mut req, v);
+                            let claims = shared.remember(digest, table.generation, v);
+                            drop(table);
+                            shared.admit(&mut req, claims);
                             return inner.call(req).await;
                         }
                         Outcome::Rejected(r) => r,

@@ -231,7 +231,8 @@ fn map_error(kind: &ErrorKind) -> JwtRejection {
     }
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the epoch, as jsonwebtoken reads the clock.
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -1,11 +1,12 @@
 //! One backend: its address and live state.
 
 use std::{
+    collections::HashMap,
     fmt,
     net::IpAddr,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -127,6 +128,10 @@ pub struct Backend {
     /// Milliseconds since [`epoch`] until which the backend is ejected (0: not ejected).
     ejected_until: AtomicU64,
     closing: CancellationToken,
+    /// Sockets that can be told to move (rebalancing), by registration id. Touched only
+    /// when such a socket opens or closes, never per message.
+    movable: Mutex<HashMap<u64, CancellationToken>>,
+    next_movable: AtomicU64,
 }
 
 /// A fixed process-wide origin, so an ejection deadline fits in an atomic.
@@ -160,6 +165,8 @@ impl Backend {
             ejections: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             closing: CancellationToken::new(),
+            movable: Mutex::new(HashMap::new()),
+            next_movable: AtomicU64::new(0),
         }
     }
 
@@ -268,6 +275,45 @@ impl Backend {
         &self.closing
     }
 
+    /// Registers an open socket that may be asked to move to another backend
+    /// (rebalancing); the guard's [`token`](MovableSocket::token) is cancelled then.
+    /// Unregistered when the guard drops.
+    pub fn register_movable(self: &Arc<Self>) -> MovableSocket {
+        let id = self.next_movable.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        if let Ok(mut m) = self.movable.lock() {
+            m.insert(id, token.clone());
+        }
+        MovableSocket {
+            backend: self.clone(),
+            id,
+            token,
+        }
+    }
+
+    /// Sockets registered with [`register_movable`](Self::register_movable) and not yet
+    /// asked to move.
+    pub fn movable(&self) -> usize {
+        self.movable
+            .lock()
+            .map(|m| m.values().filter(|t| !t.is_cancelled()).count())
+            .unwrap_or(0)
+    }
+
+    /// Up to `n` registered sockets not yet asked to move, chosen at random: cancel a
+    /// token to move its socket.
+    pub fn pick_movable(&self, n: usize) -> Vec<CancellationToken> {
+        let Ok(m) = self.movable.lock() else {
+            return Vec::new();
+        };
+        let mut all: Vec<CancellationToken> =
+            m.values().filter(|t| !t.is_cancelled()).cloned().collect();
+        drop(m);
+        fastrand::shuffle(&mut all);
+        all.truncate(n);
+        all
+    }
+
     /// Counts one open socket until the returned guard drops.
     pub fn track(self: &Arc<Self>) -> ActiveConnection {
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -283,6 +329,29 @@ impl ActiveConnection {
     /// The backend this socket is counted on.
     pub fn backend(&self) -> &Arc<Backend> {
         &self.0
+    }
+}
+
+/// A socket registered as movable on a backend (see [`Backend::register_movable`]).
+#[derive(Debug)]
+pub struct MovableSocket {
+    backend: Arc<Backend>,
+    id: u64,
+    token: CancellationToken,
+}
+
+impl MovableSocket {
+    /// Cancelled when the socket should move to another backend.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+impl Drop for MovableSocket {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.backend.movable.lock() {
+            m.remove(&self.id);
+        }
     }
 }
 
@@ -345,6 +414,24 @@ mod tests {
         b.record_success();
         assert!(b.is_available());
         assert_eq!(b.record_failure(base, max), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn movable_sockets_register_pick_and_release() {
+        let b = Arc::new(Backend::new(BackendUrl::parse("ws://h:1").unwrap()));
+        let socks: Vec<_> = (0..5).map(|_| b.register_movable()).collect();
+        assert_eq!(b.movable(), 5);
+        let picked = b.pick_movable(2);
+        assert_eq!(picked.len(), 2);
+        picked.iter().for_each(|t| t.cancel());
+        assert_eq!(
+            b.movable(),
+            3,
+            "sockets already asked to move are not picked again"
+        );
+        assert_eq!(socks.iter().filter(|s| s.token().is_cancelled()).count(), 2);
+        drop(socks);
+        assert_eq!(b.movable(), 0);
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod hash;
 mod layer;
 mod policy;
 
-pub use backend::{ActiveConnection, Backend, BackendUrl, BackendUrlError};
+pub use backend::{ActiveConnection, Backend, BackendUrl, BackendUrlError, MovableSocket};
 pub use hash::stable_hash;
 pub use layer::{SelectedUpstream, StickyKey, UpstreamLayer, UpstreamService};
 pub use policy::{Policy, Upstream, UpstreamError};

@@ -302,3 +302,20 @@ pub async fn first_text(ws: &mut Ws) -> Value {
         }
     }
 }
+
+/// Runs one request with `Authorization: Bearer <token>` through `layer` in process (no
+/// socket) and returns the status: `200` when the inner service was reached.
+pub async fn oneshot_status(layer: &JwtAuthLayer, token: &str) -> u16 {
+    use tower::{Layer, ServiceExt};
+    let inner = tower::service_fn(|_req: axum::http::Request<axum::body::Body>| async {
+        Ok::<_, std::convert::Infallible>(axum::http::Response::new(axum::body::Body::empty()))
+    });
+    let req = axum::http::Request::get("/ws")
+        .header("authorization", format!("Bearer {token}"))
+        .body(axum::body::Body::empty())
+        .expect("request");
+    match layer.layer(inner).oneshot(req).await {
+        Ok(res) => res.status().as_u16(),
+        Err(never) => match never {},
+    }
+}
