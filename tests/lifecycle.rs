@@ -165,3 +165,22 @@ async fn round_robin_spreads_evenly_over_three_backends() {
     assert!(counts.values().all(|c| *c == 10), "{counts:?}");
     assert_no_leak(&g).await;
 }
+
+#[tokio::test]
+async fn a_finished_close_handshake_releases_both_sockets_without_waiting_for_the_fin() {
+    let b = Backend::start(BackendOpts::named("a")).await;
+    // A long close timeout: the release must come from the completed handshake, not it.
+    let cfg = one_route(&[&b.url], "").replace("close_timeout = \"2s\"", "close_timeout = \"60s\"");
+    let g = gate(&cfg).await;
+    let mut s = raw_ws(g.listen[0]).await;
+    eventually("socket counted", || g.metrics.active() == 1).await;
+    // A masked close 1000, then never a FIN from this client.
+    s.write_all(&[0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2])
+        .await
+        .unwrap();
+    let (op, payload) = read_frame(&mut s).await;
+    assert_eq!(op, 8);
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1000);
+    assert_no_leak(&g).await;
+    drop(s);
+}

@@ -23,7 +23,9 @@ fn placement(up: &Upstream, keys: &[Vec<u8>]) -> Vec<String> {
 }
 
 fn keys(seed: u64, n: usize) -> Vec<Vec<u8>> {
-    (0..n).map(|i| format!("user-{seed}-{i}").into_bytes()).collect()
+    (0..n)
+        .map(|i| format!("user-{seed}-{i}").into_bytes())
+        .collect()
 }
 
 const KEYS: usize = 6_000;

@@ -147,6 +147,11 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocolErr
         Some(b'\n') => {}
         Some(_) => return Err(V1Malformed("carriage return not followed by line feed")),
     }
+    // A line feed before the CRLF is refused whatever follows, as it is when it arrives
+    // before the CR does: the answer must not depend on how the bytes were segmented.
+    if window[..cr].contains(&b'\n') {
+        return Err(V1Malformed("line feed without carriage return"));
+    }
     let line = std::str::from_utf8(&window[..cr]).map_err(|_| V1Malformed("not ASCII"))?;
     let used = cr + 2;
     let mut fields = line.split(' ');

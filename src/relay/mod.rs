@@ -533,6 +533,12 @@ async fn run(
                     if (up.is_done() || up.is_parked()) && (down.is_done() || down.is_parked()) {
                         break;
                     }
+                    // Both close frames have crossed and one side is gone: the close
+                    // handshake is complete, so a peer that never sends its FIN must not
+                    // hold the other socket for the whole close timeout.
+                    if up.src_close.is_some() && down.src_close.is_some() {
+                        break;
+                    }
                 }
                 Event::SourceLost => {
                     // The backend vanished; the client has whole messages only.

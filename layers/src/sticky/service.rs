@@ -89,27 +89,30 @@ where
 /// Removes cookie `name` from the request (the backend has no use for it) and returns
 /// its value.
 fn take_cookie(headers: &mut http::HeaderMap, name: &str) -> Option<String> {
+    // Split as bytes: a header with a non-ASCII cookie elsewhere must not hide (and leak
+    // to the backend) the sticky cookie next to it.
     let mut found = None;
     let mut kept: Vec<HeaderValue> = Vec::new();
     let mut changed = false;
     for v in headers.get_all(header::COOKIE) {
-        let Ok(s) = v.to_str() else {
-            kept.push(v.clone());
-            continue;
-        };
-        let mut rest = Vec::new();
-        for pair in s.split(';') {
-            match pair.trim().split_once('=') {
-                Some((k, val)) if k.trim() == name => {
-                    found.get_or_insert_with(|| val.trim().to_string());
-                    changed = true;
+        let mut rest: Vec<&[u8]> = Vec::new();
+        for pair in v.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            let (k, val) = match pair.iter().position(|b| *b == b'=') {
+                Some(i) => (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii()),
+                None => (pair, &b""[..]),
+            };
+            if k == name.as_bytes() {
+                if found.is_none() {
+                    found = std::str::from_utf8(val).ok().map(str::to_owned);
                 }
-                _ if !pair.trim().is_empty() => rest.push(pair.trim()),
-                _ => {}
+                changed = true;
+            } else if !pair.is_empty() {
+                rest.push(pair);
             }
         }
         if !rest.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&rest.join("; ")) {
+            if let Ok(v) = HeaderValue::from_bytes(&rest.join(&b"; "[..])) {
                 kept.push(v);
             }
         }
@@ -126,6 +129,18 @@ fn take_cookie(headers: &mut http::HeaderMap, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sticky_cookie_next_to_a_non_ascii_cookie_is_still_taken_out() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes("wsgate_sticky=abc; name=caf\u{e9}".as_bytes()).unwrap(),
+        );
+        assert_eq!(take_cookie(&mut h, "wsgate_sticky").as_deref(), Some("abc"));
+        let left = h.get(header::COOKIE).unwrap().as_bytes();
+        assert_eq!(left, "name=caf\u{e9}".as_bytes());
+    }
 
     #[test]
     fn sticky_cookie_is_taken_out_and_others_stay() {
