@@ -561,14 +561,18 @@ fn request_id(req: &Request, trusted_peer: bool) -> String {
 /// Recovers the client's socket from hyper's upgrade, so the relay reads the socket
 /// directly (and can wait for readability without holding a buffer).
 fn unwrap_upgraded(upgraded: Upgraded) -> (Stream, Bytes) {
+    // hyper's leftover bytes are a view into its whole read buffer (8 KiB or more);
+    // holding the view would pin that buffer for the socket's life. Copy the few bytes
+    // (usually none, which allocates nothing) and let the buffer go.
+    let own = |b: Bytes| Bytes::copy_from_slice(&b);
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => return (Stream::Tcp(parts.io.into_inner()), parts.read_buf),
+        Ok(parts) => return (Stream::Tcp(parts.io.into_inner()), own(parts.read_buf)),
         Err(u) => u,
     };
     match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
         Ok(parts) => (
             Stream::ServerTls(Box::new(parts.io.into_inner())),
-            parts.read_buf,
+            own(parts.read_buf),
         ),
         Err(u) => (Stream::Upgraded(TokioIo::new(u)), Bytes::new()),
     }
