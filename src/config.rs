@@ -128,6 +128,9 @@ pub struct ServerConfig {
     /// Most header fields in a request; 431 beyond.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+    /// Most handshakes in progress at once (waiting on a backend); beyond, 503 at once
+    /// instead of an unbounded queue.
+    pub max_handshakes: Option<usize>,
 }
 
 fn default_drain_window() -> HumanDuration {
@@ -171,6 +174,7 @@ impl Default for ServerConfig {
             drain_window: default_drain_window(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
+            max_handshakes: None,
         }
     }
 }
@@ -734,6 +738,9 @@ impl Config {
                 "server.max_header_bytes".into(),
                 "must be between 8KiB and 1MiB".into(),
             ));
+        }
+        if self.server.max_handshakes == Some(0) {
+            return Err(err("server.max_handshakes".into(), "must be at least 1".into()));
         }
         if self.server.max_headers == 0 {
             return Err(err(

@@ -385,6 +385,12 @@ async fn build_router(
     let router = router
         .fallback(|| async { text(StatusCode::NOT_FOUND, "no route for this path\n".into()) })
         .layer(axum::middleware::from_fn(crate::hygiene::check_request));
+    // Outermost: a handshake waiting on a backend holds a slot; when all are taken the
+    // next request gets 503 at once rather than queueing without bound.
+    let router = match cfg.server.max_handshakes {
+        Some(n) => router.layer(wsgate_layers::ratelimit::HandshakeLimitLayer::new(n)),
+        None => router,
+    };
     Ok((router, upstreams))
 }
 

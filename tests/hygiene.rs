@@ -112,3 +112,29 @@ async fn smuggling_shapes_are_refused() {
         assert!(!resp.starts_with("HTTP/1.1 101"));
     }
 }
+
+#[tokio::test]
+async fn handshakes_beyond_max_handshakes_get_503_at_once() {
+    // A backend that accepts TCP and never answers the upgrade keeps a handshake in
+    // progress; with max_handshakes = 1 the next client must not queue behind it.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (accepted_tx, accepted) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let _ = accepted_tx.send(());
+        std::future::pending::<()>().await;
+        drop(s);
+    });
+    let cfg = one_route(&[&format!("ws://{addr}")], "")
+        .replace("admin = \"127.0.0.1:0\"", "admin = \"127.0.0.1:0\"\nmax_handshakes = 1");
+    let g = gate(&cfg).await;
+    let url = ws_url(&g, "/ws");
+    let stuck = tokio::spawn({
+        let url = url.clone();
+        async move { connect_with(&url, &[]).await.map(|_| ()) }
+    });
+    accepted.await.unwrap();
+    assert_eq!(refused_status(&url, &[]).await, 503);
+    stuck.abort();
+}
