@@ -740,7 +740,10 @@ impl Config {
             ));
         }
         if self.server.max_handshakes == Some(0) {
-            return Err(err("server.max_handshakes".into(), "must be at least 1".into()));
+            return Err(err(
+                "server.max_handshakes".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.server.max_headers == 0 {
             return Err(err(

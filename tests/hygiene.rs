@@ -126,8 +126,10 @@ async fn handshakes_beyond_max_handshakes_get_503_at_once() {
         std::future::pending::<()>().await;
         drop(s);
     });
-    let cfg = one_route(&[&format!("ws://{addr}")], "")
-        .replace("admin = \"127.0.0.1:0\"", "admin = \"127.0.0.1:0\"\nmax_handshakes = 1");
+    let cfg = one_route(&[&format!("ws://{addr}")], "").replace(
+        "admin = \"127.0.0.1:0\"",
+        "admin = \"127.0.0.1:0\"\nmax_handshakes = 1",
+    );
     let g = gate(&cfg).await;
     let url = ws_url(&g, "/ws");
     let stuck = tokio::spawn({
