@@ -195,17 +195,8 @@ async fn permessage_deflate_offer_reaches_the_backend_and_its_answer_the_client(
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let backend = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut req = Vec::new();
-        let mut buf = [0u8; 2048];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            req.extend_from_slice(&buf[..n]);
-        }
-        let req = String::from_utf8(req).unwrap();
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
-            .await
-            .unwrap();
+        let (mut s, req) =
+            accept_raw_upgrade(&l, "Sec-WebSocket-Extensions: permessage-deflate\r\n").await;
         // "Hello" compressed, from RFC 7692 §7.2.3.1.
         s.write_all(&[0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00])
             .await

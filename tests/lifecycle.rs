@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 #[tokio::test]
@@ -48,42 +48,6 @@ async fn message_over_the_route_limit_closes_with_1009() {
         .unwrap();
     assert_eq!(recv_close(&mut ws).await.0, 1009);
     assert_no_leak(&g).await;
-}
-
-/// Upgrades a raw TCP socket through wsgate and returns it after the 101.
-async fn raw_ws(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s
-}
-
-/// Reads one unmasked server frame's opcode and payload.
-async fn read_frame(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(h[1] & 0x80, 0, "server frames are unmasked");
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut l = [0u8; 2];
-            s.read_exact(&mut l).await.unwrap();
-            u16::from_be_bytes(l) as usize
-        }
-        127 => panic!("unexpected long frame"),
-        n => n as usize,
-    };
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p).await.unwrap();
-    (h[0] & 0x0f, p)
 }
 
 #[tokio::test]

@@ -22,20 +22,6 @@ async fn sockets_are_closed_at_their_max_lifetime() {
     assert_no_leak(&g).await;
 }
 
-/// Upgrades a raw socket through wsgate.
-async fn raw_ws(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s
-}
-
 #[tokio::test]
 async fn silent_clients_are_pinged_then_closed() {
     let b = Backend::start(BackendOpts::named("a")).await;
@@ -140,14 +126,7 @@ async fn a_reader_that_never_reads_cannot_make_wsgate_buffer_without_bound() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let flood = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut req = Vec::new();
-        let mut buf = [0u8; 2048];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            req.extend_from_slice(&buf[..n]);
-        }
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n").await.unwrap();
+        let (mut s, _) = accept_raw_upgrade(&l, "").await;
         let mut frame = vec![0x82u8, 127];
         frame.extend_from_slice(&(65536u64).to_be_bytes());
         frame.extend(std::iter::repeat_n(7u8, 65536));
@@ -178,14 +157,7 @@ async fn a_backend_that_never_reads_stalls_the_client_instead_of_growing_wsgate(
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let backend = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut req = Vec::new();
-        let mut buf = [0u8; 2048];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            req.extend_from_slice(&buf[..n]);
-        }
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n").await.unwrap();
+        let (s, _) = accept_raw_upgrade(&l, "").await;
         // Hold the socket open without reading until the test ends.
         std::future::pending::<()>().await;
         drop(s);

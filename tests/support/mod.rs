@@ -345,3 +345,69 @@ pub async fn assert_no_leak(g: &Running) {
         }
     }
 }
+
+/// The RFC 6455 sample key, and the accept value a backend must answer for it.
+pub const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const SAMPLE_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// Upgrades a raw TCP socket through wsgate's `/ws` and returns it right after the 101,
+/// for tests that write frames byte by byte.
+pub async fn raw_ws(addr: SocketAddr) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {SAMPLE_KEY}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Reads one unmasked server frame (payload under 64 KiB): its opcode and payload.
+pub async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h))
+        .await
+        .expect("no frame within 5 s")
+        .unwrap();
+    assert_eq!(h[1] & 0x80, 0, "server frames are unmasked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await.unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => panic!("unexpected long frame"),
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).await.unwrap();
+    (h[0] & 0x0f, p)
+}
+
+/// A hand-written backend's side of the upgrade: accepts one connection on `l`, reads
+/// the request head, answers 101 (for the sample key) with `extra` header lines, and
+/// returns the socket and the request head wsgate sent.
+pub async fn accept_raw_upgrade(l: &TcpListener, extra: &str) -> (TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut s, _) = l.accept().await.unwrap();
+    let mut req = Vec::new();
+    let mut buf = [0u8; 2048];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "wsgate closed before sending its request");
+        req.extend_from_slice(&buf[..n]);
+    }
+    let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {SAMPLE_ACCEPT}\r\n{extra}\r\n");
+    s.write_all(resp.as_bytes()).await.unwrap();
+    (s, String::from_utf8(req).unwrap())
+}
