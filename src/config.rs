@@ -341,9 +341,17 @@ pub struct StickyConfig {
     pub secret_file: Option<PathBuf>,
     /// Bounded-load factor for the key's consistent hash (e.g. 1.25).
     pub bounded_load: Option<f64>,
-    /// When the key's own backend recovers, its new sockets go back to it.
+    /// When the key's own backend recovers, its new sockets go back to it. `false`:
+    /// they stay on the backend that took them during the fail-over while it is
+    /// available (remembered per instance).
     #[serde(default = "default_true")]
     pub return_on_recovery: bool,
+    /// Most keys remembered on their fail-over backend (`return_on_recovery = false`);
+    /// default 100000.
+    pub failover_memory: Option<usize>,
+    /// How long a remembered key is kept after its last socket opened
+    /// (`return_on_recovery = false`); default 1h.
+    pub failover_ttl: Option<HumanDuration>,
 }
 
 fn default_sticky_cookie() -> String {

@@ -30,6 +30,7 @@ use tracing::{debug, info, info_span, Instrument};
 use wsgate_layers::{
     client_ip::{PeerAddr, TrustedPeer},
     jwt::TokenExpiry,
+    upstream::StickyKey,
     ClientIp, Leases, SelectedUpstream,
 };
 
@@ -285,6 +286,11 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         );
     };
 
+    if let Some(k) = req.extensions().get::<StickyKey>() {
+        // With `return_on_recovery = false`: remembers a key that failed over.
+        selected.upstream.served(&k.0, &backend);
+    }
+
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return (
             Outcome::BadRequest,
@@ -330,9 +336,7 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
                 session: request_id.clone(),
                 host: client_host.clone(),
             },
-            req.extensions()
-                .get::<wsgate_layers::upstream::StickyKey>()
-                .map(|k| k.0.clone()),
+            req.extensions().get::<StickyKey>().map(|k| k.0.clone()),
             selected.upstream.clone(),
         )),
         _ => None,

@@ -270,6 +270,11 @@ async fn build_router(
                 if let Some(f) = s.bounded_load {
                     up = up.with_bounded_load(f);
                 }
+                if let Some(m) = crate::upstream::supervisor::failover_memory(s)
+                    .map_err(|(k, m)| u_err((format!("sticky.{k}"), m)))?
+                {
+                    up = up.with_failover_memory(m);
+                }
                 Some(
                     check_sticky(s)
                         .map_err(u_err)?

@@ -71,17 +71,7 @@ async fn dead_port() -> String {
 
 /// Rebinds a killed backend's address (the old listener closes asynchronously).
 async fn restart(addr: std::net::SocketAddr, name: &str) -> Backend {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return Backend::serve(l, BackendOpts::named(name)),
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("cannot rebind {addr}: {e}"),
-        }
-    }
+    rebind(addr, BackendOpts::named(name)).await
 }
 
 #[tokio::test]

@@ -318,3 +318,110 @@ fn one_backend_change_moves_about_one_nth_of_the_keys() {
         assert!((af - 1.0 / (n + 1) as f64).abs() < 0.01, "add: {af}");
     }
 }
+
+/// The index of backend `bN` from its `whoami` answer.
+fn index_of(name: &str) -> usize {
+    name[1..].parse().unwrap()
+}
+
+/// Key K on its own backend A; A dies (the health check takes it out) and K goes to B;
+/// A comes back (the health check takes it in again): with `return_on_recovery` K goes
+/// back to A, without it K stays on B; then B dies and K follows its hash order again
+/// (A), and stays there when B returns (the memory entry was forgotten).
+async fn key_through_a_failover_and_a_recovery(sticky: &str, return_on_recovery: bool) {
+    let mut bs = five().await;
+    let g = gate(&config(
+        &urls(&bs),
+        &format!(
+            "{sticky}\nhealth = {{ kind = \"tcp\", interval = \"50ms\", timeout = \"500ms\", rise = 1, fall = 1 }}"
+        ),
+        "",
+    ))
+    .await;
+    let url = ws_url(&g, "/ws");
+    let h = [("x-session-id", "alice")];
+    let group = g.upstreams[0].backends();
+    let home = whoami_with(&url, &h).await.0;
+    let a = index_of(&home);
+    let (a_addr, ba) = (bs[a].addr, group[a].clone());
+    bs[a].kill();
+    eventually("A marked down by its health check", || !ba.is_healthy()).await;
+    let away = whoami_with(&url, &h).await.0;
+    assert_ne!(away, home, "K fails over");
+    assert_eq!(whoami_with(&url, &h).await.0, away);
+    let b = index_of(&away);
+    let (b_addr, bb) = (bs[b].addr, group[b].clone());
+
+    bs[a] = rebind(a_addr, BackendOpts::named(&home)).await;
+    eventually("A marked up again", || ba.is_healthy()).await;
+    let after = whoami_with(&url, &h).await.0;
+    if return_on_recovery {
+        assert_eq!(after, home, "K returns to its own backend");
+    } else {
+        assert_eq!(after, away, "K stays where the fail-over put it");
+        assert_eq!(whoami_with(&url, &h).await.0, away, "and keeps staying");
+        // Other keys are untouched: they still hash to their own backends.
+        for k in 0..10 {
+            let key = format!("other-{k}");
+            let hk = [("x-session-id", key.as_str())];
+            let first = g.upstreams[0].candidates(Some(key.as_bytes()))[0]
+                .url()
+                .to_string();
+            let who = whoami_with(&url, &hk).await.0;
+            assert_eq!(bs[index_of(&who)].url, first, "{key}");
+        }
+    }
+
+    bs[b].kill();
+    eventually("B marked down by its health check", || !bb.is_healthy()).await;
+    assert_eq!(
+        whoami_with(&url, &h).await.0,
+        home,
+        "B gone: K takes its hash-order choice"
+    );
+    bs[b] = rebind(b_addr, BackendOpts::named(&away)).await;
+    eventually("B marked up again", || bb.is_healthy()).await;
+    assert_eq!(
+        whoami_with(&url, &h).await.0,
+        home,
+        "K stays on its own backend once it is back there"
+    );
+    if let Some(m) = g.upstreams[0].failover_memory() {
+        assert!(m.is_empty(), "K's entry was forgotten");
+    }
+    assert_no_leak(&g).await;
+    g.shutdown().await;
+}
+
+#[tokio::test]
+async fn key_returns_to_its_backend_after_recovery_by_default() {
+    key_through_a_failover_and_a_recovery(r#"sticky = { by = "header:X-Session-Id" }"#, true).await;
+}
+
+#[tokio::test]
+async fn key_stays_on_its_fail_over_backend_without_return_on_recovery() {
+    key_through_a_failover_and_a_recovery(
+        r#"sticky = { by = "header:X-Session-Id", return_on_recovery = false, failover_memory = 1000, failover_ttl = "1h" }"#,
+        false,
+    )
+    .await;
+}
+
+#[test]
+fn failover_memory_settings_are_checked() {
+    let parse = |sticky: &str| {
+        let text = config(&["ws://127.0.0.1:9"], sticky, "").replace("{LISTEN}", "127.0.0.1:0");
+        wsgate::config::Config::parse(&text, "t.toml")
+    };
+    let e = parse(r#"sticky = { by = "ip", failover_memory = 10 }"#).unwrap_err();
+    assert_eq!(e.key, "upstream[0].sticky.failover_memory", "{e}");
+    let e = parse(r#"sticky = { by = "ip", failover_ttl = "1h" }"#).unwrap_err();
+    assert_eq!(e.key, "upstream[0].sticky.failover_ttl", "{e}");
+    let e = parse(r#"sticky = { by = "ip", return_on_recovery = false, failover_memory = 0 }"#)
+        .unwrap_err();
+    assert_eq!(e.key, "upstream[0].sticky.failover_memory", "{e}");
+    let e = parse(r#"sticky = { by = "ip", return_on_recovery = false, failover_ttl = "0s" }"#)
+        .unwrap_err();
+    assert_eq!(e.key, "upstream[0].sticky.failover_ttl", "{e}");
+    parse(r#"sticky = { by = "ip", return_on_recovery = false }"#).expect("defaults are fine");
+}

@@ -222,6 +222,9 @@ impl Connector {
                         },
                 } if same_protocol(protocol.as_ref(), req.protocol.as_ref()) => {
                     backend.record_success();
+                    if let Some(k) = key {
+                        upstream.served_instead_of(k, backend, gone);
+                    }
                     return Some((backend.clone(), stream, leftover));
                 }
                 Opened::Upgraded { .. } => {

@@ -24,7 +24,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 use wsgate_layers::{
     sticky::StickyLayer,
-    upstream::{Backend, BackendUrl, Upstream},
+    upstream::{
+        memory::{DEFAULT_FAILOVER_MEMORY, DEFAULT_FAILOVER_TTL},
+        Backend, BackendUrl, FailoverMemory, Upstream,
+    },
 };
 
 use super::{health, pool::Pool, Connector, HealthCheck};
@@ -41,12 +44,7 @@ pub fn check_sticky(s: &StickyConfig) -> Result<StickyLayer, (String, String)> {
             ));
         }
     }
-    if !s.return_on_recovery {
-        return Err(e(
-            "return_on_recovery",
-            "`false` (pinning a key to its fail-over backend) is not implemented yet; keys return to their own backend when it recovers".into(),
-        ));
-    }
+    failover_memory(s).map_err(|(k, m)| e(k, m))?;
     let by = s.by.as_str();
     if by != "cookie" && (s.secret_env.is_some() || s.secret_file.is_some()) {
         return Err(e("secret_env", "only used with by = \"cookie\"".into()));
@@ -106,6 +104,36 @@ pub fn check_sticky(s: &StickyConfig) -> Result<StickyLayer, (String, String)> {
             )),
         },
     }
+}
+
+/// The fail-over memory `sticky` asks for (`return_on_recovery = false`), or `None`
+/// (keys go back to their own backend when it recovers). The error names the key.
+pub fn failover_memory(s: &StickyConfig) -> Result<Option<FailoverMemory>, (&'static str, String)> {
+    if s.return_on_recovery {
+        return match (s.failover_memory, &s.failover_ttl) {
+            (Some(_), _) => Err((
+                "failover_memory",
+                "only used with return_on_recovery = false".into(),
+            )),
+            (_, Some(_)) => Err((
+                "failover_ttl",
+                "only used with return_on_recovery = false".into(),
+            )),
+            (None, None) => Ok(None),
+        };
+    }
+    let capacity = s.failover_memory.unwrap_or(DEFAULT_FAILOVER_MEMORY);
+    if capacity == 0 {
+        return Err((
+            "failover_memory",
+            "must be at least 1 (it bounds the keys remembered; e.g. 100000)".into(),
+        ));
+    }
+    let ttl = s.failover_ttl.map_or(DEFAULT_FAILOVER_TTL, |d| d.0);
+    if ttl < Duration::from_secs(1) {
+        return Err(("failover_ttl", "must be at least 1s (e.g. \"1h\")".into()));
+    }
+    Ok(Some(FailoverMemory::new(capacity, ttl)))
 }
 
 /// A backend as the configuration (and DNS) want it.

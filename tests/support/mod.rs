@@ -353,9 +353,15 @@ pub const SAMPLE_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 /// Upgrades a raw TCP socket through wsgate's `/ws` and returns it right after the 101,
 /// for tests that write frames byte by byte.
 pub async fn raw_ws(addr: SocketAddr) -> TcpStream {
+    raw_ws_with(addr, "").await.0
+}
+
+/// [`raw_ws`] with `extra` header lines (each ending in `\r\n`) in the request; also
+/// returns the 101's head.
+pub async fn raw_ws_with(addr: SocketAddr, extra: &str) -> (TcpStream, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {SAMPLE_KEY}\r\n\r\n");
+    let req = format!("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {SAMPLE_KEY}\r\n{extra}\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     let mut b = [0u8; 1];
@@ -368,7 +374,44 @@ pub async fn raw_ws(addr: SocketAddr) -> TcpStream {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    s
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// A client frame: first byte `first` (FIN, RSV, opcode), length, mask key, masked
+/// payload.
+pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let mut v = vec![first];
+    match payload.len() {
+        n if n < 126 => v.push(0x80 | n as u8),
+        n if n < 65536 => {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            v.push(0x80 | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    v.extend_from_slice(&key);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    v
+}
+
+/// Starts a test backend again on `addr`, the address of one that was killed (its old
+/// listener closes asynchronously, so binding is retried for a while).
+pub async fn rebind(addr: SocketAddr, opts: BackendOpts) -> Backend {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Backend::serve(l, opts),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot rebind {addr}: {e}"),
+        }
+    }
 }
 
 /// Reads one unmasked server frame (payload under 64 KiB): its opcode and payload.

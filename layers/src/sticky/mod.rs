@@ -17,7 +17,12 @@
 //! hash is fixed across processes and versions, so two wsgate instances with the same
 //! backend list agree without talking to each other; adding or removing one of N
 //! backends moves about 1/N of the keys. When the key's backend is down or draining,
-//! the next in its order takes it; when it recovers, new sockets go back.
+//! the next in its order takes it; when it recovers, new sockets go back, unless the
+//! upstream has a [`FailoverMemory`](crate::upstream::FailoverMemory)
+//! ([`Upstream::with_failover_memory`](crate::upstream::Upstream::with_failover_memory)):
+//! then the key stays on the backend that took it while that one is available. That
+//! memory is per process, so two instances may disagree about such a key after a
+//! fail-over.
 //!
 //! # The cookie
 //!

@@ -13,6 +13,8 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
+use super::hash::stable_hash;
+
 /// A parsed `ws://` or `wss://` backend address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendUrl {
@@ -118,6 +120,9 @@ pub struct Backend {
     /// Address this backend is pinned to when its host name was resolved into several
     /// backends (one per A/AAAA record).
     addr: Option<IpAddr>,
+    /// [`stable_hash`] of [`id`](Backend::id), computed once: consistent hashing scores
+    /// it for every keyed handshake.
+    id_hash: u64,
     weight: AtomicU32,
     active: AtomicUsize,
     healthy: AtomicBool,
@@ -154,6 +159,7 @@ impl Backend {
     /// A healthy backend with the given weight (0 is taken as 1).
     pub fn with_weight(url: BackendUrl, weight: u32) -> Self {
         Self {
+            id_hash: stable_hash(url.to_string().as_bytes()),
             url,
             addr: None,
             weight: AtomicU32::new(weight.max(1)),
@@ -174,6 +180,7 @@ impl Backend {
     /// while the `Host` header and TLS server name stay `url`'s.
     pub fn resolved(url: BackendUrl, addr: IpAddr, weight: u32) -> Self {
         Self {
+            id_hash: stable_hash(format!("{url}@{addr}").as_bytes()),
             addr: Some(addr),
             ..Self::with_weight(url, weight)
         }
@@ -195,6 +202,10 @@ impl Backend {
             None => self.url.to_string(),
             Some(a) => format!("{}@{a}", self.url),
         }
+    }
+    /// [`stable_hash`] of [`id`](Self::id), without building the string.
+    pub fn id_hash(&self) -> u64 {
+        self.id_hash
     }
     /// Its weight for weighted policies.
     pub fn weight(&self) -> u32 {

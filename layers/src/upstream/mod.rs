@@ -23,9 +23,11 @@
 mod backend;
 mod hash;
 mod layer;
+pub mod memory;
 mod policy;
 
 pub use backend::{ActiveConnection, Backend, BackendUrl, BackendUrlError, MovableSocket};
 pub use hash::stable_hash;
 pub use layer::{SelectedUpstream, StickyKey, UpstreamLayer, UpstreamService};
+pub use memory::FailoverMemory;
 pub use policy::{Policy, Upstream, UpstreamError};

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use super::{
     backend::{Backend, BackendUrl, BackendUrlError},
     hash::{mix, stable_hash},
+    memory::FailoverMemory,
 };
 
 /// How an [`Upstream`] picks a backend for a new socket.
@@ -122,6 +123,7 @@ pub struct Upstream {
     set: ArcSwap<BackendSet>,
     cursor: AtomicUsize,
     bounded_load: Option<f64>,
+    memory: Option<FailoverMemory>,
 }
 
 impl Upstream {
@@ -157,6 +159,7 @@ impl Upstream {
             set: ArcSwap::from_pointee(BackendSet::new(backends)),
             cursor: AtomicUsize::new(0),
             bounded_load: None,
+            memory: None,
         })
     }
 
@@ -171,6 +174,62 @@ impl Upstream {
             1.0
         });
         self
+    }
+
+    /// Keys stay on the backend that took them during a fail-over, even after their own
+    /// backend recovers (`return_on_recovery = false`), as long as that backend stays
+    /// available: `memory` remembers where they went (bounded, expiring, per process;
+    /// see [`FailoverMemory`]). The handler must report each keyed socket's backend
+    /// with [`served`](Self::served). Without it (the default) a key goes back to its
+    /// own backend as soon as it is available again.
+    pub fn with_failover_memory(mut self, memory: FailoverMemory) -> Self {
+        self.memory = Some(memory);
+        self
+    }
+
+    /// The fail-over memory, if keys stay where a fail-over put them.
+    pub fn failover_memory(&self) -> Option<&FailoverMemory> {
+        self.memory.as_ref()
+    }
+
+    /// Records that a socket with sticky key `key` was opened on `backend`. With a
+    /// [fail-over memory](Self::with_failover_memory): a key served away from its own
+    /// backend *because that one was unavailable* is remembered there (an existing entry
+    /// for that backend is refreshed); a key served by its own backend is forgotten. A
+    /// key that only spilled over a [load bound](Self::with_bounded_load) is not
+    /// remembered. Without a memory this does nothing.
+    pub fn served(&self, key: &[u8], backend: &Backend) {
+        self.record(key, backend, None);
+    }
+
+    /// [`served`](Self::served) for a socket moved to `backend` because `lost` went
+    /// away under it (resume mode): `lost` counts as unavailable even if its health has
+    /// not caught up yet, so a key whose own backend died is remembered on the new one.
+    pub fn served_instead_of(&self, key: &[u8], backend: &Backend, lost: &Backend) {
+        self.record(key, backend, Some(lost));
+    }
+
+    fn record(&self, key: &[u8], backend: &Backend, lost: Option<&Backend>) {
+        let Some(memory) = &self.memory else {
+            return;
+        };
+        let set = self.set.load();
+        let kh = stable_hash(key);
+        let Some(home) = rendezvous_first(&set.backends, kh) else {
+            return;
+        };
+        let home = &set.backends[home];
+        let home_away = !home.is_available() || lost.is_some_and(|l| l.id_hash() == home.id_hash());
+        let remembered = memory.get(kh);
+        if home.id_hash() == backend.id_hash() {
+            memory.forget(kh);
+        } else if home_away || remembered == Some(backend.id_hash()) {
+            memory.remember(kh, backend.id_hash());
+        } else if lost.is_some_and(|l| remembered == Some(l.id_hash())) {
+            // The remembered backend died under the socket: the key follows its hash
+            // order again, as it would once health takes that backend out.
+            memory.forget(kh);
+        }
     }
 
     /// The bounded-load factor, if any.
@@ -206,7 +265,9 @@ impl Upstream {
     /// keyed socket goes to the first available backend in the key's rendezvous order
     /// (skipping overloaded ones with [`with_bounded_load`](Self::with_bounded_load)),
     /// so when that backend is down the key moves to the next in its order and comes
-    /// back when it recovers. The policy chooses for sockets without a key.
+    /// back when it recovers (with a [fail-over memory](Self::with_failover_memory) it
+    /// stays on the backend remembered for it while that one is available). The policy
+    /// chooses for sockets without a key.
     pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Backend>> {
         let set = self.set.load();
         let all = &set.backends;
@@ -214,7 +275,11 @@ impl Upstream {
         let available = |i: &usize| all[*i].is_available();
         let order: Vec<usize> = match (self.policy, key) {
             (_, Some(key)) => {
-                let order = rendezvous_order(all, key);
+                let kh = stable_hash(key);
+                let mut order = rendezvous_order(all, kh);
+                if let Some(memory) = &self.memory {
+                    remembered_first(memory, all, kh, &mut order);
+                }
                 match self.bounded_load {
                     Some(factor) => bounded(all, order, factor),
                     None => order,
@@ -281,21 +346,57 @@ fn rotation(start: usize, n: usize) -> Vec<usize> {
     (0..n).map(|i| (start + i) % n).collect()
 }
 
-/// Backends ordered by weighted rendezvous score for `key` (highest first).
-fn rendezvous_order(all: &[Arc<Backend>], key: &[u8]) -> Vec<usize> {
-    let kh = stable_hash(key);
+/// Moves the backend remembered for key hash `kh` to the front of `order` when it is
+/// still in the group and available; otherwise forgets the entry (the key follows its
+/// hash order again).
+fn remembered_first(
+    memory: &FailoverMemory,
+    all: &[Arc<Backend>],
+    kh: u64,
+    order: &mut Vec<usize>,
+) {
+    let Some(remembered) = memory.get(kh) else {
+        return;
+    };
+    match order.iter().position(|i| all[*i].id_hash() == remembered) {
+        Some(pos) if all[order[pos]].is_available() => {
+            let i = order.remove(pos);
+            order.insert(0, i);
+        }
+        _ => memory.forget(kh),
+    }
+}
+
+/// The weighted rendezvous score of backend `b` for key hash `kh`.
+fn score(b: &Backend, kh: u64) -> f64 {
+    let h = mix(kh ^ b.id_hash());
+    // Map to (0,1], then the weighted rendezvous score -w / ln(u).
+    let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    -f64::from(b.weight()) / u.ln()
+}
+
+/// Backends ordered by weighted rendezvous score for key hash `kh` (highest first).
+fn rendezvous_order(all: &[Arc<Backend>], kh: u64) -> Vec<usize> {
     let mut scored: Vec<(f64, usize)> = all
         .iter()
         .enumerate()
-        .map(|(i, b)| {
-            let h = mix(kh ^ stable_hash(b.id().as_bytes()));
-            // Map to (0,1], then the weighted rendezvous score -w / ln(u).
-            let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-            (-f64::from(b.weight()) / u.ln(), i)
-        })
+        .map(|(i, b)| (score(b, kh), i))
         .collect();
+    // Stable: equal scores keep list order, as in `rendezvous_first`.
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
     scored.into_iter().map(|(_, i)| i).collect()
+}
+
+/// The key's own backend: the first of [`rendezvous_order`], whatever its health.
+fn rendezvous_first(all: &[Arc<Backend>], kh: u64) -> Option<usize> {
+    let mut best: Option<(f64, usize)> = None;
+    for (i, b) in all.iter().enumerate() {
+        let s = score(b, kh);
+        if best.is_none_or(|(top, _)| s > top) {
+            best = Some((s, i));
+        }
+    }
+    best.map(|(_, i)| i)
 }
 
 #[cfg(test)]
@@ -400,6 +501,66 @@ mod tests {
         assert_eq!(during[0].url(), order[1].url());
         order[0].set_healthy(true);
         assert_eq!(up.candidates(Some(b"user-7"))[0].url(), order[0].url());
+    }
+
+    #[test]
+    fn with_failover_memory_a_key_stays_on_its_fallback_after_recovery() {
+        let up = group(Policy::RoundRobin, 5)
+            .with_failover_memory(FailoverMemory::new(100, std::time::Duration::from_secs(60)));
+        let key = b"user-7";
+        let order = up.candidates(Some(key));
+        let (home, fallback) = (order[0].clone(), order[1].clone());
+        // Served at home: nothing to remember.
+        up.served(key, &home);
+        assert!(up.failover_memory().unwrap().is_empty());
+        home.set_healthy(false);
+        let during = up.candidates(Some(key));
+        assert_eq!(during[0].url(), fallback.url());
+        up.served(key, &during[0]);
+        assert_eq!(up.failover_memory().unwrap().len(), 1);
+        home.set_healthy(true);
+        let after = up.candidates(Some(key));
+        assert_eq!(after[0].url(), fallback.url(), "stays on the fallback");
+        assert_eq!(after[1].url(), home.url(), "then its own backend");
+        up.served(key, &after[0]);
+        // The fallback goes down: back to the hash order, entry forgotten.
+        fallback.set_healthy(false);
+        assert_eq!(up.candidates(Some(key))[0].url(), home.url());
+        assert!(up.failover_memory().unwrap().is_empty());
+        fallback.set_healthy(true);
+        assert_eq!(up.candidates(Some(key))[0].url(), home.url());
+        // A bounded-load spill while home is up is not a fail-over: not remembered.
+        up.served(key, &fallback);
+        assert!(up.failover_memory().unwrap().is_empty());
+        // Resume: the socket's own backend died under it before its health check
+        // noticed; the key is remembered on the backend that took the socket.
+        up.served_instead_of(key, &fallback, &home);
+        assert_eq!(up.failover_memory().unwrap().len(), 1);
+        assert_eq!(up.candidates(Some(key))[0].url(), fallback.url());
+        // And when that fallback dies under a socket resumed on a third backend, while
+        // home is up, the key is forgotten (its hash order applies again).
+        up.served_instead_of(key, &order[2], &fallback);
+        assert!(up.failover_memory().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_remembered_backend_removed_from_the_group_is_forgotten() {
+        let up = group(Policy::ConsistentHash, 3)
+            .with_failover_memory(FailoverMemory::new(10, std::time::Duration::from_secs(60)));
+        let key = b"k";
+        let order = up.candidates(Some(key));
+        order[0].set_healthy(false);
+        up.served(key, &order[1]);
+        order[0].set_healthy(true);
+        assert_eq!(up.candidates(Some(key))[0].url(), order[1].url());
+        let kept: Vec<_> = up
+            .backends()
+            .into_iter()
+            .filter(|b| b.url() != order[1].url())
+            .collect();
+        up.replace_backends(kept).unwrap();
+        assert_eq!(up.candidates(Some(key))[0].url(), order[0].url());
+        assert!(up.failover_memory().unwrap().is_empty());
     }
 
     #[test]
