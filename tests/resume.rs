@@ -196,3 +196,257 @@ async fn resume_notice_without_resume_is_refused() {
         .to_string();
     assert!(err.contains("upstream[0].resume_notice"), "{err}");
 }
+
+/// A hand-written backend on its own listener: the first backend of the group, so the
+/// first socket (round robin) lands on it.
+async fn raw_backend() -> (tokio::net::TcpListener, String) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", l.local_addr().unwrap());
+    (l, url)
+}
+
+/// Reads everything until EOF (at most 5 s): what the client got after the 101.
+async fn read_to_eof(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("the client socket was not closed within 5 s")
+        .expect("read error");
+    got
+}
+
+/// Asserts that `b` was never asked for a (resumed) session. Call it once wsgate's
+/// socket task is over ([`assert_no_leak`]): a re-attachment would have completed its
+/// handshake with `b` before the task ended.
+fn never_asked(b: &mut Backend) {
+    while let Ok(s) = b.seen.try_recv() {
+        assert!(
+            !matches!(s, Seen::Request(..)),
+            "the socket was re-attached to the other backend"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_backend_dying_inside_a_frame_is_not_resumed_and_the_client_is_cut_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let (l, raw_url) = raw_backend().await;
+    let mut b = Backend::start(BackendOpts::named("b")).await;
+    // A long close timeout: the client must not be waiting for it.
+    let g = gate(
+        &config(&[&raw_url, &b.url], "")
+            .replace("close_timeout = \"2s\"", "close_timeout = \"30s\""),
+    )
+    .await;
+    let backend = tokio::spawn(async move { accept_raw_upgrade(&l, "").await.0 });
+    let mut client = raw_ws(g.listen[0]).await;
+    let mut up = backend.await.unwrap();
+    // A binary frame announcing 100 bytes, of which 10 are sent; then the backend dies.
+    let mut half = vec![0x82, 100];
+    half.extend_from_slice(b"0123456789");
+    up.write_all(&half).await.unwrap();
+    up.flush().await.unwrap();
+    let died = std::time::Instant::now();
+    drop(up);
+    // The client gets exactly the bytes sent, then the end of the connection: no close
+    // frame (written inside the frame's payload it would be read as payload, and no
+    // other backend can finish the frame), no re-attachment.
+    let got = read_to_eof(&mut client).await;
+    let cut_after = died.elapsed();
+    assert_eq!(got, half, "nothing after the half frame");
+    assert!(
+        cut_after < std::time::Duration::from_secs(5),
+        "cut at once, not after the close timeout: {cut_after:?}"
+    );
+    eprintln!("backend died mid-frame: client cut after {cut_after:?}");
+    drop(client);
+    assert_no_leak(&g).await;
+    never_asked(&mut b);
+    g.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_dying_inside_a_fragmented_message_is_not_resumed_and_the_client_gets_1012() {
+    use tokio::io::AsyncWriteExt;
+    let (l, raw_url) = raw_backend().await;
+    let mut b = Backend::start(BackendOpts::named("b")).await;
+    let g = gate(&config(&[&raw_url, &b.url], "resume_notice = \"resync\"")).await;
+    let backend = tokio::spawn(async move { accept_raw_upgrade(&l, "").await.0 });
+    let mut client = raw_ws(g.listen[0]).await;
+    let mut up = backend.await.unwrap();
+    // The first fragment of a text message (FIN = 0), whole; then the backend dies.
+    let mut first = vec![0x01, 6];
+    first.extend_from_slice(b"part-1");
+    up.write_all(&first).await.unwrap();
+    up.flush().await.unwrap();
+    drop(up);
+    let (op, payload) = read_frame(&mut client).await;
+    assert_eq!((op, payload.as_slice()), (0x1, &b"part-1"[..]));
+    // Between fragments a control frame is legal: the close, with no notice and no
+    // continuation from another backend (which could not finish this message).
+    let (op, payload) = read_frame(&mut client).await;
+    assert_eq!(op, 0x8, "a close frame, not {payload:?}");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1012);
+    assert_eq!(&payload[2..], b"backend went away");
+    client
+        .write_all(&masked_frame(0x88, &1012u16.to_be_bytes()))
+        .await
+        .unwrap();
+    assert!(read_to_eof(&mut client).await.is_empty());
+    drop(client);
+    assert_no_leak(&g).await;
+    never_asked(&mut b);
+    g.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_dying_while_a_client_frame_is_half_forwarded_is_resumed_without_that_message() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (l, raw_url) = raw_backend().await;
+    let mut b = Backend::start(BackendOpts::named("b")).await;
+    let g = gate(&config(&[&raw_url, &b.url], "resume_notice = \"resync\"")).await;
+    let backend = tokio::spawn(async move { accept_raw_upgrade(&l, "").await.0 });
+    let mut client = raw_ws(g.listen[0]).await;
+    let mut up = backend.await.unwrap();
+    // A 20-byte text frame of which the client sends the header and 5 payload bytes.
+    let whole = masked_frame(0x81, b"lost-lost-lost-lost!");
+    let cut = 2 + 4 + 5;
+    client.write_all(&whole[..cut]).await.unwrap();
+    // They reach the backend (so the backend has a frame it will never see the end of).
+    let mut got = vec![0u8; cut];
+    up.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, whole[..cut]);
+    drop(up);
+    // The client's stream toward it is intact (it has only received whole messages), so
+    // it is re-attached: the notice arrives.
+    let (op, payload) = read_frame(&mut client).await;
+    assert_eq!((op, payload.as_slice()), (0x1, &b"resync"[..]));
+    let (_, h) = b.next_request().await;
+    assert_eq!(h["x-wsgate-resumed"], "1");
+    // The rest of the half-sent frame is dropped; the next message reaches b whole.
+    client.write_all(&whole[cut..]).await.unwrap();
+    client
+        .write_all(&masked_frame(0x81, b"whoami"))
+        .await
+        .unwrap();
+    let (op, payload) = read_frame(&mut client).await;
+    assert_eq!(
+        (op, payload.as_slice()),
+        (0x1, &b"b"[..]),
+        "b answers; it never saw a piece of the lost frame"
+    );
+    client
+        .write_all(&masked_frame(0x81, b"whole"))
+        .await
+        .unwrap();
+    let (_, payload) = read_frame(&mut client).await;
+    assert_eq!(payload, b"whole");
+    client
+        .write_all(&masked_frame(0x88, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let (op, _) = read_frame(&mut client).await;
+    assert_eq!(op, 0x8);
+    assert_eq!(b.next_close().await.0, 1000);
+    drop(client);
+    assert_no_leak(&g).await;
+    g.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_socket_with_permessage_deflate_is_never_resumed() {
+    use tokio::io::AsyncReadExt;
+    let (l, raw_url) = raw_backend().await;
+    let mut b = Backend::start(BackendOpts::named("b")).await;
+    let g = gate(&config(&[&raw_url, &b.url], "resume_notice = \"resync\"")).await;
+    let backend = tokio::spawn(async move {
+        accept_raw_upgrade(&l, "Sec-WebSocket-Extensions: permessage-deflate\r\n")
+            .await
+            .0
+    });
+    let (mut client, head) = raw_ws_with(
+        g.listen[0],
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+    )
+    .await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-extensions: permessage-deflate"),
+        "{head}"
+    );
+    let up = backend.await.unwrap();
+    // The backend dies at a clean boundary: resumable but for the compression context,
+    // which cannot move to another backend.
+    drop(up);
+    let (op, payload) = read_frame(&mut client).await;
+    assert_eq!(op, 0x8, "a close frame, not {payload:?}");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1012);
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.read_to_end(&mut rest),
+    )
+    .await;
+    drop(client);
+    assert_no_leak(&g).await;
+    never_asked(&mut b);
+    g.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_backend_answering_within_the_retry_budget_gives_1012_at_the_budget() {
+    let a = Backend::start(BackendOpts::named("a")).await;
+    // Accepts connections (the kernel's backlog) and never answers an upgrade.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("ws://{}", silent.local_addr().unwrap());
+    let g = gate(&config(
+        &[&a.url, &silent_url],
+        "retry_budget = \"400ms\"\nhandshake_timeout = \"30s\"",
+    ))
+    .await;
+    let mut ws = connect(&ws_url(&g, "/ws")).await;
+    assert_eq!(whoami(&mut ws).await, "a");
+    let killed = std::time::Instant::now();
+    a.kill();
+    let (code, reason) = recv_close(&mut ws).await;
+    let after = killed.elapsed();
+    assert_eq!((code, reason.as_str()), (1012, "backend went away"));
+    assert!(
+        after >= std::time::Duration::from_millis(350),
+        "the silent backend was tried: {after:?}"
+    );
+    assert!(
+        after < std::time::Duration::from_millis(2_000),
+        "bounded by retry_budget (400ms), not handshake_timeout (30s): {after:?}"
+    );
+    eprintln!("no backend answered: 1012 after {after:?} (retry_budget 400ms)");
+    drop(ws);
+    assert_no_leak(&g).await;
+    g.shutdown().await;
+    drop(silent);
+}
+
+#[tokio::test]
+async fn no_healthy_backend_left_gives_1012_at_once() {
+    let a = Backend::start(BackendOpts::named("a")).await;
+    let mut b = Backend::start(BackendOpts::named("b")).await;
+    let g = gate(&config(&[&a.url, &b.url], "retry_budget = \"10s\"")).await;
+    let mut ws = connect(&ws_url(&g, "/ws")).await;
+    assert_eq!(whoami(&mut ws).await, "a");
+    // b is still running but marked down (as its health check would).
+    g.upstreams[0].backends()[1].set_healthy(false);
+    let killed = std::time::Instant::now();
+    a.kill();
+    let (code, _) = recv_close(&mut ws).await;
+    let after = killed.elapsed();
+    assert_eq!(code, 1012);
+    assert!(
+        after < std::time::Duration::from_secs(2),
+        "no candidate: no wait for the 10s budget: {after:?}"
+    );
+    drop(ws);
+    assert_no_leak(&g).await;
+    never_asked(&mut b);
+    g.shutdown().await;
+}
