@@ -66,7 +66,7 @@ fn main() {
     let budget = Duration::from_secs_f64(secs);
     let key = [0x37, 0xfa, 0x21, 0x3d];
     println!(
-        "{:<22}{:>14}{:>14}{:>14}{:>14}",
+        "{:<22}{:>14}{:>14}{:>14}{:>18}",
         "message", "validator", "masked", "std", "simdutf8 compat"
     );
     for (len, mixed) in [(64, false), (64, true), (64 << 10, false), (64 << 10, true)] {
@@ -102,7 +102,7 @@ fn main() {
         );
         let gbs = |r: f64| format!("{:.2} GB/s", r / 1e9);
         println!(
-            "{name:<22}{:>14}{:>14}{:>14}{:>14}",
+            "{name:<22}{:>14}{:>14}{:>14}{:>18}",
             gbs(plain),
             gbs(masked),
             gbs(std),
