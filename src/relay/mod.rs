@@ -27,7 +27,7 @@
 //! never gets a malformed text message and a client gets the right code (1007) rather
 //! than whatever the backend does with one (many drop TCP, which the relay could only
 //! report as 1012). Text payloads and close reasons are checked as they pass, in both
-//! directions, without copying what is forwarded ([`utf8`] has the design); a message
+//! directions, without copying what is forwarded (`utf8.rs` has the design); a message
 //! is refused at its first impossible byte. That is the one pass over payload bytes the
 //! relay makes (SIMD, several GB/s); `relay.validate_utf8 = false` turns it off and
 //! leaves the check to the backend. Compressed (`permessage-deflate`) messages are not
