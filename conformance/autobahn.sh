@@ -6,9 +6,10 @@
 #   conformance/autobahn.sh quick strict    # backend: Autobahn's own (strict) echo server
 #   WSGATE=target/release/wsgate conformance/autobahn.sh full
 #
-# The backend is `wsgate echo` (tokio-tungstenite) by default. It fails a connection
-# with invalid UTF-8 by dropping TCP, which wsgate reports to the client as 1012;
-# `strict` uses `wstest -m echoserver`, which answers 1007 as RFC 6455 §8.1 suggests.
+# The backend is `wsgate echo` (tokio-tungstenite) by default; `strict` uses
+# `wstest -m echoserver`, Autobahn's own. wsgate validates UTF-8 itself
+# (`relay.validate_utf8`, on by default), so invalid text gets 1007 from wsgate whatever
+# the backend would have done with it.
 #
 # Needs `wstest` (autobahntestsuite 0.8.2, Python 2.7). If WSTEST is unset and no
 # `wstest` is on PATH, it is installed into target/autobahn/ with the first Python 2.7 found
@@ -35,9 +36,15 @@ if [[ -z "${WSTEST:-}" ]]; then
     done
     [[ -n "$py2" ]] || { echo "autobahn: no Python 2.7 interpreter found" >&2; exit 2; }
     if [[ ! -d "$venv" ]]; then
-      "$py2" -m pip install --quiet --prefix "$venv" autobahntestsuite==0.8.2
+      # Into a scratch directory first: an interrupted install must not look complete.
+      rm -rf "$venv.partial"
+      "$py2" -m pip install --quiet --disable-pip-version-check --prefix "$venv.partial" autobahntestsuite==0.8.2
+      mv "$venv.partial" "$venv"
     fi
     site="$venv/lib/python2.7/site-packages"
+    # A broken install (a package missing) must stop the run, not pass with no results.
+    "$py2" -c "import site; site.addsitedir('$site'); import zope.interface, twisted.internet.reactor, autobahntestsuite.wstest" || {
+      echo "autobahn: the install in $venv is broken; delete it to reinstall" >&2; exit 2; }
     cat >"$venv/wstest" <<SH
 #!/bin/sh
 exec "$py2" -c "import site,sys; site.addsitedir('$site'); sys.argv=['wstest']+sys.argv[1:]; from autobahntestsuite.wstest import run; run()" "\$@"

@@ -47,7 +47,11 @@ def main(path, known_path=None):
     base = os.path.dirname(path)
     with open(path) as f:
         index = json.load(f)
-    direct, gate = index["direct"], index["wsgate"]
+    direct, gate = index.get("direct"), index.get("wsgate")
+    if not direct or not gate:
+        # A run that tested nothing must fail, never pass as "no regressions".
+        print(f"no results for {'direct' if not direct else 'wsgate'} in {path}")
+        return 1
     counts = {a: collections.Counter() for a in ("direct", "wsgate")}
     for agent, results in (("direct", direct), ("wsgate", gate)):
         for r in results.values():

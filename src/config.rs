@@ -42,6 +42,28 @@ pub struct Config {
     /// `[[route]]`
     #[serde(default)]
     pub route: Vec<RouteConfig>,
+    /// `[relay]`
+    #[serde(default)]
+    pub relay: RelayConfig,
+}
+
+/// `[relay]`: how frames are relayed after the upgrade, for every route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Validate UTF-8 of text messages and close reasons in both directions, closing
+    /// both sides with 1007 on invalid UTF-8 (RFC 6455 §8.1). Off: payloads pass
+    /// unchecked and the backend judges them.
+    #[serde(default = "default_true")]
+    pub validate_utf8: bool,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            validate_utf8: true,
+        }
+    }
 }
 
 /// One address or a list of them.
@@ -717,6 +739,7 @@ impl Config {
                 jwt: None,
                 rate_limit: None,
             }],
+            relay: RelayConfig::default(),
         };
         cfg.validate("<command line>")?;
         Ok(cfg)

@@ -347,6 +347,7 @@ async fn build_router(
                     None => None,
                 },
                 ping_interval: r.ping_interval.map(|d| d.0),
+                validate_utf8: cfg.relay.validate_utf8,
             },
             origins: r.origins.clone(),
             hosts: r.hosts.clone(),

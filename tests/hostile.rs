@@ -90,6 +90,11 @@ async fn validating_conn(stream: TcpStream) {
 /// wsgate in front of a validating backend, with short timeouts so hostile peers are
 /// cut off within the test's patience.
 async fn gate_over(backend: &ValidatingBackend) -> wsgate::server::Running {
+    gate_over_with(backend, "").await
+}
+
+/// [`gate_over`] with a `[relay]` table.
+async fn gate_over_with(backend: &ValidatingBackend, relay: &str) -> wsgate::server::Running {
     gate(&format!(
         r#"
 [server]
@@ -97,6 +102,8 @@ listen = "{{LISTEN}}"
 handshake_timeout = "1s"
 close_timeout = "1s"
 shutdown_timeout = "200ms"
+
+{relay}
 
 [[upstream]]
 name = "b"
@@ -717,10 +724,10 @@ async fn hostile_frames_get_their_close_code_quickly_and_a_good_client_follows()
 
 #[tokio::test]
 async fn invalid_utf8_reaches_a_validating_backend_untouched_and_its_1007_reaches_the_client() {
-    // The same through tungstenite on the client side: the close code and reason of the
-    // backend's verdict arrive intact, and the next client is served.
+    // With wsgate's own check off (`relay.validate_utf8 = false`) the backend judges: the
+    // close code and reason of its verdict arrive intact, and the next client is served.
     let backend = ValidatingBackend::start().await;
-    let g = gate_over(&backend).await;
+    let g = gate_over_with(&backend, "[relay]\nvalidate_utf8 = false").await;
     let mut s = raw_ws(g.listen[0]).await;
     s.write_all(&masked(0x81, &[0xc3, 0x28])).await.unwrap();
     let (first, p) = read_frame(&mut s, "invalid UTF-8")

@@ -333,3 +333,58 @@ upstream = "b"
         .unwrap();
     rt.block_on(assert_no_leak(&g));
 }
+
+/// Bytes that are often UTF-8, often nearly so (one byte changed, cut short), and
+/// sometimes anything.
+fn maybe_utf8() -> impl Strategy<Value = Vec<u8>> {
+    let text = any::<String>().prop_map(String::into_bytes);
+    prop_oneof![
+        3 => text.clone(),
+        3 => (text.clone(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(mut v, i, b)| {
+            if !v.is_empty() {
+                let i = i.index(v.len());
+                v[i] = b;
+            }
+            v
+        }),
+        2 => (text, any::<prop::sample::Index>()).prop_map(|(v, i)| {
+            let cut = i.index(v.len() + 1);
+            v[..cut].to_vec()
+        }),
+        2 => proptest::collection::vec(any::<u8>(), 0..64),
+    ]
+}
+
+proptest! {
+    /// The relay's validator fed any split of any byte string (and, masked, with the key
+    /// restarting at fragment boundaries) reaches the same verdict as `std` on the whole.
+    #[test]
+    fn utf8_validator_in_any_pieces_agrees_with_std_on_the_whole(
+        bytes in maybe_utf8(),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+        key in any::<[u8; 4]>(),
+    ) {
+        use wsgate::relay::{MaskedText, Utf8Validator};
+        let want = std::str::from_utf8(&bytes).is_ok();
+        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+        cuts.push(bytes.len());
+        cuts.sort_unstable();
+
+        let mut plain = Utf8Validator::new();
+        let mut masked = MaskedText::default();
+        let (mut plain_ok, mut masked_ok, mut from) = (true, true, 0);
+        for &to in &cuts {
+            let piece = &bytes[from..to];
+            plain_ok = plain_ok && plain.feed(piece).is_ok();
+            // Each piece a fragment of its own, masked with its own key offset.
+            masked.start_frame(key);
+            let wire: Vec<u8> = piece.iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
+            masked_ok = masked_ok && masked.feed(&wire).is_ok();
+            from = to;
+        }
+        plain_ok = plain_ok && plain.finish().is_ok();
+        masked_ok = masked_ok && masked.validator.finish().is_ok();
+        prop_assert_eq!(plain_ok, want);
+        prop_assert_eq!(masked_ok, want);
+    }
+}

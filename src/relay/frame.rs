@@ -6,17 +6,29 @@
 //! what RFC 6455 forbids, read close codes, and inject a close frame *between* frames.
 //! [`FrameScanner`] walks a byte stream and reports exactly that, at the cost of a few
 //! comparisons per frame header (2–14 bytes) and none per payload byte, except for the
-//! payload of close frames (at most 125 bytes), which it copies to read the code.
+//! payload of close frames (at most 125 bytes), which it checks (code, UTF-8 reason), and,
+//! when [`ScanRules::validate_utf8`] is on, text messages, which it validates as they pass
+//! (see [`super::utf8`]).
+//!
+//! A close frame is judged whole: until all of it has arrived it is held back like an
+//! incomplete header, so a bad close code or reason is refused before any of its bytes
+//! are forwarded. A text payload cannot be held back (it may be megabytes), so invalid
+//! UTF-8 found in a frame whose start was already forwarded leaves the destination
+//! inside that frame: the scanner marks itself [`cut`](FrameScanner::cut), and the relay
+//! then ends that side with a TCP shutdown instead of a close frame that would land in
+//! the payload.
 
 use std::time::Instant;
 
 use wsgate_layers::ratelimit::{Admit, MessageRateLimiter};
 
+use super::utf8::MaskedText;
+
 /// Opcode of a close frame.
 pub(crate) const OP_CLOSE: u8 = 0x8;
 
-/// The longest frame header: 2 bytes, 8 of extended length, 4 of mask key.
-pub(crate) const MAX_HEADER: usize = 14;
+/// The longest control frame: 2 header bytes, 4 of mask key, 125 of payload.
+pub(crate) const MAX_CONTROL_FRAME: usize = 2 + 4 + 125;
 
 /// What the scanner checks in one direction.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +39,8 @@ pub(crate) struct ScanRules {
     pub(crate) max_message: u64,
     /// RSV bits the negotiated extensions allow (0x40 = RSV1 for permessage-deflate).
     pub(crate) rsv_allowed: u8,
+    /// Check that text messages and close reasons are UTF-8 (1007 otherwise).
+    pub(crate) validate_utf8: bool,
 }
 
 /// A frame or message that must not be forwarded, and the close code it earns.
@@ -38,6 +52,23 @@ pub(crate) struct Violation {
 
 const fn protocol_error(reason: &'static str) -> Violation {
     Violation { code: 1002, reason }
+}
+
+/// Close code for a message whose payload does not match its type (RFC 6455 §7.4.1).
+pub(crate) const INVALID_PAYLOAD: u16 = 1007;
+
+const fn invalid_utf8(reason: &'static str) -> Violation {
+    Violation {
+        code: INVALID_PAYLOAD,
+        reason,
+    }
+}
+
+/// Whether a peer may send `code` in a close frame: RFC 6455 §7.4 and the IANA registry
+/// (1012–1014 included, which wsgate itself sends), or the 3000–4999 ranges for
+/// libraries and applications. 1005 and 1006 are for reporting only, never sent.
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// A close frame, as received.
@@ -79,8 +110,8 @@ pub(crate) struct FrameScanner {
     rules: ScanRules,
     /// Payload bytes of the current frame not yet seen; 0 at a frame boundary.
     remaining: u64,
-    /// Set while inside the payload of a close frame, to collect its code.
-    close: Option<CloseCapture>,
+    /// Set while inside the payload of a close frame (already checked whole).
+    close: Option<CloseSeen>,
     /// A fragmented data message is open (its first frame had FIN = 0).
     fragmented: bool,
     /// FIN bit of the current data frame.
@@ -101,14 +132,16 @@ pub(crate) struct FrameScanner {
     dropping: bool,
     /// Messages dropped by the rate limit.
     pub(crate) dropped: u64,
-}
-
-#[derive(Debug)]
-struct CloseCapture {
-    mask: Option<[u8; 4]>,
-    payload: [u8; 125],
-    len: u8,
-    got: u8,
+    /// The current message is text being validated (`rules.validate_utf8`).
+    text: bool,
+    /// UTF-8 state of the current text message, across frames and reads.
+    utf8: MaskedText,
+    /// Where the current frame's header starts in the chunk being scanned; `None` when
+    /// it came in an earlier chunk (and was forwarded).
+    frame_start: Option<usize>,
+    /// Scanning stopped inside a frame whose start was forwarded: the destination holds
+    /// part of a frame, so nothing (not even a close frame) may follow.
+    cut: bool,
 }
 
 impl FrameScanner {
@@ -127,7 +160,17 @@ impl FrameScanner {
             skipping: false,
             dropping: false,
             dropped: 0,
+            text: false,
+            utf8: MaskedText::default(),
+            frame_start: None,
+            cut: false,
         }
+    }
+
+    /// Stopped inside a frame already partly forwarded (invalid UTF-8 in its payload):
+    /// the destination must not get another byte, a close frame included.
+    pub(crate) fn cut(&self) -> bool {
+        self.cut
     }
 
     /// Judges every new message from this source by `limiter`.
@@ -164,6 +207,8 @@ impl FrameScanner {
         }
         self.data_frame = false;
         self.message_len = 0;
+        self.text = false;
+        self.utf8.validator.reset();
     }
 
     /// Makes the next [`scan`](Self::scan) stop at the first frame boundary it reaches
@@ -175,6 +220,7 @@ impl FrameScanner {
     /// Scans `data`, which starts at the scanner's current position in the stream.
     pub(crate) fn scan(&mut self, data: &[u8]) -> Scan {
         let mut pos = 0usize;
+        self.frame_start = None;
         loop {
             if self.remaining > 0 {
                 let avail = data.len() - pos;
@@ -189,8 +235,8 @@ impl FrameScanner {
                         stop: Stop::Skip(take),
                     };
                 }
-                if let Some(cap) = self.close.as_mut() {
-                    cap.absorb(&data[pos..pos + take]);
+                if self.data_frame && self.text && self.utf8.feed(&data[pos..pos + take]).is_err() {
+                    return self.stop_invalid_utf8("invalid UTF-8 in a text message");
                 }
                 pos += take;
                 self.remaining -= take as u64;
@@ -202,15 +248,21 @@ impl FrameScanner {
                 }
             }
             // At the end of a frame (or at the start of the stream).
-            if let Some(cap) = self.close.take() {
+            if let Some(seen) = self.close.take() {
                 return Scan {
                     forward: pos,
-                    stop: Stop::Close(cap.seen()),
+                    stop: Stop::Close(seen),
                 };
             }
             if self.data_frame {
                 self.data_frame = false;
                 if self.fin {
+                    if self.text {
+                        self.text = false;
+                        if self.utf8.validator.finish().is_err() {
+                            return self.stop_invalid_utf8("text message ends inside a character");
+                        }
+                    }
                     self.messages += 1;
                     self.message_len = 0;
                 }
@@ -242,7 +294,10 @@ impl FrameScanner {
                         stop: Stop::Skip(len + take),
                     };
                 }
-                Ok(Some(len)) => pos += len,
+                Ok(Some(len)) => {
+                    self.frame_start = Some(pos);
+                    pos += len;
+                }
                 Ok(None) => {
                     return Scan {
                         forward: pos,
@@ -370,40 +425,75 @@ impl FrameScanner {
             self.fragmented = !fin;
             self.fin = fin;
             self.data_frame = true;
+            if opcode != 0x0 {
+                // Compressed text (RSV1) is not UTF-8 until inflated: not judged here.
+                self.text = opcode == 0x1 && self.rules.validate_utf8 && rsv == 0;
+            }
+            if self.text {
+                self.utf8.start_frame(mask_key(b, need, masked));
+            }
         }
         if opcode == OP_CLOSE {
-            if len == 1 {
-                return Err(protocol_error("close frame with a 1-byte payload"));
+            // At most 125 bytes: held back until whole, then judged before forwarding.
+            let end = need + len as usize;
+            if b.len() < end {
+                return Ok(None);
             }
-            let mask = masked.then(|| [b[need - 4], b[need - 3], b[need - 2], b[need - 1]]);
-            self.close = Some(CloseCapture {
-                mask,
-                payload: [0; 125],
-                len: len as u8,
-                got: 0,
-            });
+            self.close = Some(self.check_close(&b[need..end], mask_key(b, need, masked))?);
         }
         self.remaining = len;
         Ok(Some(need))
     }
-}
 
-impl CloseCapture {
-    fn absorb(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            let i = usize::from(self.got);
-            if i >= usize::from(self.len) {
-                break;
-            }
-            let k = self.mask.map_or(0, |m| m[i % 4]);
-            self.payload[i] = byte ^ k;
-            self.got += 1;
+    /// Reads and checks a close frame's payload: a 2-byte code a peer may send, then a
+    /// UTF-8 reason.
+    fn check_close(&self, wire: &[u8], key: [u8; 4]) -> Result<CloseSeen, Violation> {
+        if wire.is_empty() {
+            return Ok(CloseSeen { code: None });
         }
+        if wire.len() == 1 {
+            return Err(protocol_error("close frame with a 1-byte payload"));
+        }
+        let mut payload = [0u8; 125];
+        let payload = &mut payload[..wire.len()];
+        for (i, (p, w)) in payload.iter_mut().zip(wire).enumerate() {
+            *p = w ^ key[i % 4];
+        }
+        let code = u16::from_be_bytes([payload[0], payload[1]]);
+        if !close_code_allowed(code) {
+            return Err(protocol_error("invalid close code"));
+        }
+        if self.rules.validate_utf8 && std::str::from_utf8(&payload[2..]).is_err() {
+            return Err(invalid_utf8("invalid UTF-8 in a close reason"));
+        }
+        Ok(CloseSeen { code: Some(code) })
     }
 
-    fn seen(&self) -> CloseSeen {
-        let code = (self.len >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]));
-        CloseSeen { code }
+    /// Stops at invalid UTF-8 in the current text frame: before its header when that is
+    /// in this chunk (the destination stays at a frame boundary), else right here, cut.
+    fn stop_invalid_utf8(&mut self, reason: &'static str) -> Scan {
+        let forward = match self.frame_start {
+            Some(start) => start,
+            None => {
+                // This chunk starts inside the frame (its header went out earlier).
+                self.cut = true;
+                0
+            }
+        };
+        Scan {
+            forward,
+            stop: Stop::Violation(invalid_utf8(reason)),
+        }
+    }
+}
+
+/// The masking key of the frame header `b[..need]`, or zeros when unmasked (XOR with
+/// zeros changes nothing).
+fn mask_key(b: &[u8], need: usize, masked: bool) -> [u8; 4] {
+    if masked {
+        [b[need - 4], b[need - 3], b[need - 2], b[need - 1]]
+    } else {
+        [0; 4]
     }
 }
 
@@ -492,6 +582,7 @@ mod tests {
         masked: true,
         max_message: 1 << 20,
         rsv_allowed: 0,
+        validate_utf8: true,
     };
     const SERVER: ScanRules = ScanRules {
         masked: false,
@@ -684,5 +775,98 @@ mod tests {
             s.scan(f.as_bytes()).stop,
             Stop::Close(CloseSeen { code: Some(1000) })
         );
+    }
+
+    #[test]
+    fn invalid_text_stops_before_its_frame_when_the_header_is_in_the_same_read() {
+        let mut s = FrameScanner::new(CLIENT);
+        let good = frame(true, 1, "κόσμε".as_bytes(), Some([1, 2, 3, 4]));
+        let mut data = good.clone();
+        data.extend(frame(true, 1, b"ok \xed\xa0\x80", Some([5, 6, 7, 8])));
+        let r = s.scan(&data);
+        assert_eq!(r.forward, good.len());
+        assert!(
+            matches!(r.stop, Stop::Violation(v) if v.code == 1007),
+            "{r:?}"
+        );
+        assert!(!s.cut(), "the destination stays at a frame boundary");
+    }
+
+    #[test]
+    fn invalid_text_in_a_frame_already_started_is_a_cut() {
+        let mut s = FrameScanner::new(SERVER);
+        let data = frame(true, 1, b"abcdef\xff", None);
+        let r = s.scan(&data[..5]);
+        assert_eq!((r.forward, r.stop), (5, Stop::More));
+        let r = s.scan(&data[5..]);
+        assert_eq!(r.forward, 0);
+        assert!(
+            matches!(r.stop, Stop::Violation(v) if v.code == 1007),
+            "{r:?}"
+        );
+        assert!(s.cut());
+    }
+
+    #[test]
+    fn control_frames_inside_a_text_message_are_not_judged_as_its_text() {
+        let mut s = FrameScanner::new(SERVER);
+        let mut data = frame(false, 1, b"a\xe2\x82", None);
+        data.extend(frame(true, 9, b"\xff\xff", None)); // a ping's payload is binary
+        data.extend(frame(true, 0, b"\xacb", None)); // completes the euro sign
+        let r = s.scan(&data);
+        assert_eq!((r.forward, r.stop), (data.len(), Stop::More));
+        assert_eq!(s.messages, 1);
+    }
+
+    #[test]
+    fn compressed_text_and_disabled_validation_pass_unjudged() {
+        let deflate = ScanRules {
+            rsv_allowed: 0x40,
+            ..SERVER
+        };
+        let mut data = frame(true, 1, b"\xff\xfe", None);
+        data[0] |= 0x40;
+        let r = FrameScanner::new(deflate).scan(&data);
+        assert_eq!((r.forward, r.stop), (data.len(), Stop::More));
+        let off = ScanRules {
+            validate_utf8: false,
+            ..SERVER
+        };
+        let data = frame(true, 1, b"\xff\xfe", None);
+        let r = FrameScanner::new(off).scan(&data);
+        assert_eq!((r.forward, r.stop), (data.len(), Stop::More));
+    }
+
+    #[test]
+    fn close_frames_are_held_back_until_whole_then_judged() {
+        let key = Some([9, 8, 7, 6]);
+        let ok = frame(
+            true,
+            8,
+            &[&1000u16.to_be_bytes()[..], "é".as_bytes()].concat(),
+            key,
+        );
+        let mut s = FrameScanner::new(CLIENT);
+        for cut in 0..ok.len() {
+            let r = s.scan(&ok[..cut]);
+            assert_eq!((r.forward, r.stop), (0, Stop::More), "cut at {cut}");
+        }
+        assert_eq!(
+            s.scan(&ok).stop,
+            Stop::Close(CloseSeen { code: Some(1000) })
+        );
+        for (payload, code) in [
+            (1005u16.to_be_bytes().to_vec(), 1002),
+            (999u16.to_be_bytes().to_vec(), 1002),
+            (2000u16.to_be_bytes().to_vec(), 1002),
+            ([&1000u16.to_be_bytes()[..], b"\xc3"].concat(), 1007),
+        ] {
+            let r = FrameScanner::new(CLIENT).scan(&frame(true, 8, &payload, key));
+            assert_eq!(r.forward, 0);
+            assert!(
+                matches!(r.stop, Stop::Violation(v) if v.code == code),
+                "{payload:x?}: {r:?}"
+            );
+        }
     }
 }

@@ -81,6 +81,9 @@ pub(crate) struct Pump {
     on_vanish: (u16, &'static str),
     /// Whether frames written toward the destination must be masked.
     mask_to_dst: bool,
+    /// The destination was left inside a frame ([`FrameScanner::cut`]): it gets a TCP
+    /// shutdown instead of a close frame, which would land in that frame's payload.
+    shut_dst: bool,
     /// The source reached EOF or failed.
     src_gone: bool,
     /// A close frame has been written to the destination.
@@ -113,9 +116,10 @@ impl Pump {
         // Client-bound frames are unmasked, so the destination of a masked source is a
         // backend, which needs masked frames.
         let mask_to_dst = rules.masked;
+        // A close frame is held back until whole, so a buffer must hold one.
         let buf_size = buf_size
             .max(initial.len())
-            .max(super::frame::MAX_HEADER * 2);
+            .max(super::frame::MAX_CONTROL_FRAME * 2);
         let mut pump = Self {
             scanner: FrameScanner::new(rules).with_limiter(limiter),
             buf: None,
@@ -131,6 +135,7 @@ impl Pump {
             queued_close: None,
             on_vanish,
             mask_to_dst,
+            shut_dst: false,
             src_gone: false,
             dst_closed: false,
             src_close: None,
@@ -165,6 +170,11 @@ impl Pump {
             return;
         }
         if self.inject.is_some() && self.inject_closes {
+            return;
+        }
+        if self.scanner.cut() {
+            self.dst_closed = true;
+            self.shut_dst = true;
             return;
         }
         let close = ControlFrame::close(code, reason, self.mask_to_dst);
@@ -496,6 +506,11 @@ impl Pump {
                     if self.inject.is_some() && !self.dst_closed {
                         self.state = State::WriteControl;
                         continue;
+                    }
+                    if self.shut_dst {
+                        // Best effort, as in `Shutdown`; the source is still read to its end.
+                        let _ = ready!(Pin::new(&mut *dst).poll_shutdown(cx));
+                        self.shut_dst = false;
                     }
                     self.filled = 0;
                     match ready!(self.poll_read(cx, src)) {

@@ -454,3 +454,51 @@ pub async fn accept_raw_upgrade(l: &TcpListener, extra: &str) -> (TcpStream, Str
     s.write_all(resp.as_bytes()).await.unwrap();
     (s, String::from_utf8(req).unwrap())
 }
+
+/// A client frame: first byte (FIN, RSV, opcode), then `payload` masked with `key`.
+pub fn masked_frame(first: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut v = vec![first];
+    match payload.len() {
+        n if n < 126 => v.push(0x80 | n as u8),
+        n if n < 65536 => {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            v.push(0x80 | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    v.extend_from_slice(&key);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    v
+}
+
+/// The backend's side: reads one frame wsgate sent (masked, as from a client) and
+/// returns its first byte and unmasked payload; `None` when the socket ends first.
+pub async fn read_masked_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h))
+        .await
+        .expect("no frame within 5 s")
+        .ok()?;
+    assert_ne!(h[1] & 0x80, 0, "frames toward a backend are masked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await.ok()?;
+            usize::from(u16::from_be_bytes(l))
+        }
+        127 => panic!("unexpected long frame"),
+        n => usize::from(n),
+    };
+    let mut key = [0u8; 4];
+    s.read_exact(&mut key).await.ok()?;
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).await.ok()?;
+    for (i, b) in p.iter_mut().enumerate() {
+        *b ^= key[i % 4];
+    }
+    Some((h[0], p))
+}
