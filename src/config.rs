@@ -556,6 +556,9 @@ pub struct RateLimitConfig {
     pub redis: Option<String>,
     /// When Redis is unreachable: `open` (fall back to local limits) or `closed` (503).
     pub redis_fail: Option<String>,
+    /// How long a connection's lease in Redis lives without renewal: the time a crashed
+    /// instance's sockets keep their slots (renewed every third of it while open).
+    pub redis_lease_ttl: Option<HumanDuration>,
     /// Messages per client socket: `"100/s"`.
     pub message_rate: Option<String>,
     /// Messages allowed at once above `message_rate`.

@@ -1,5 +1,7 @@
 //! From `[route.jwt]` and `[route.rate_limit]` to the `wsgate-layers` that enforce them.
 
+use std::time::Duration;
+
 use wsgate_layers::{
     jwt::{JwtAuthBuilder, JwtAuthLayer, OnExpiry, TokenSource},
     ratelimit::{
@@ -127,6 +129,14 @@ pub(crate) fn check_rate_limit(l: &RateLimitConfig) -> Result<(), SectionError> 
             return Err(("redis".into(), format!("`{url}` is not a redis:// URL")));
         }
     }
+    if let Some(ttl) = l.redis_lease_ttl {
+        if l.redis.is_none() {
+            return Err(("redis_lease_ttl".into(), "needs redis".into()));
+        }
+        if ttl.0 < MIN_LEASE_TTL {
+            return Err(("redis_lease_ttl".into(), "must be at least 1s".into()));
+        }
+    }
     fail_mode(l)?;
     message_limits(l)?;
     Ok(())
@@ -178,6 +188,12 @@ fn fail_mode(l: &RateLimitConfig) -> Result<FailMode, SectionError> {
     }
 }
 
+/// Shortest `redis_lease_ttl`: below it the renewals alone would load Redis, and a busy
+/// instance could miss its slots' renewal.
+const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+/// The lease heartbeat with the default 30 s lease.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+
 /// The shared Redis store for a route's limits, scoped to the route, if `redis` is set.
 pub(crate) fn redis_store(
     l: &RateLimitConfig,
@@ -186,8 +202,15 @@ pub(crate) fn redis_store(
     let Some(url) = &l.redis else {
         return Ok(None);
     };
-    let store = RedisLimits::builder(url.clone())
-        .fail_mode(fail_mode(l)?)
+    let mut builder = RedisLimits::builder(url.clone()).fail_mode(fail_mode(l)?);
+    if let Some(ttl) = l.redis_lease_ttl {
+        // Three renewals per lifetime: one lost or late renewal does not drop a live
+        // socket's slot.
+        builder = builder
+            .lease_ttl(ttl.0)
+            .heartbeat((ttl.0 / 3).min(DEFAULT_HEARTBEAT));
+    }
+    let store = builder
         .build()
         .map_err(|e| ("redis".to_string(), e.to_string()))?;
     Ok(Some(store.scoped(route)))

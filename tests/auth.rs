@@ -148,3 +148,36 @@ fn bad_limit_and_jwt_sections_are_config_errors_naming_the_key() {
     let e = wsgate::config::Config::parse(&typo, "t.toml").unwrap_err();
     assert!(e.to_string().contains("isuer"), "{e}");
 }
+
+#[tokio::test]
+async fn token_cookie_next_to_a_non_ascii_cookie_is_read_and_not_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hs.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let mut b = Backend::start(BackendOpts::named("a")).await;
+    let route = format!(
+        "origins = [\"https://app.test\"]\n{}",
+        jwt_route(secret.to_str().unwrap(), "sources = [\"cookie\"]")
+    );
+    let g = gate(&one_route(&[&b.url], &route)).await;
+    let url = ws_url(&g, "/ws");
+    // UTF-8 cookie values on both sides of the token cookie (browsers send them).
+    let cookie = format!(
+        "name=caf\u{e9}; access_token={}; city=K\u{f6}ln",
+        token("alice", now() + 600)
+    );
+    let (mut ws, _) = connect_with(&url, &[("origin", "https://app.test"), ("cookie", &cookie)])
+        .await
+        .expect("the token cookie next to a non-ASCII cookie is read");
+    let (_, h) = b.next_request().await;
+    let cookies: Vec<&[u8]> = h.get_all("cookie").iter().map(|v| v.as_bytes()).collect();
+    assert_eq!(
+        cookies,
+        ["name=caf\u{e9}; city=K\u{f6}ln".as_bytes()],
+        "the token cookie reached the backend, or the others were altered"
+    );
+    let subjects: Vec<_> = h.get_all("x-auth-subject").iter().collect();
+    assert_eq!(subjects, ["alice"]);
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(recv(&mut ws).await, Message::text("hi"));
+}

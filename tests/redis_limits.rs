@@ -6,10 +6,13 @@ mod support;
 
 use std::{
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use jsonwebtoken::{encode, EncodingKey, Header};
 use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite;
 
 struct Redis {
     child: Child,
@@ -101,4 +104,167 @@ async fn redis_down_with_fail_closed_refuses_with_503() {
     let _ok = connect(&ws_url(&g, "/ws")).await;
     drop(redis);
     assert_eq!(refused_status(&ws_url(&g, "/ws"), &[]).await, 503);
+}
+
+const SECRET: &str = "a test secret that is long enough for HS256";
+const LEASE_TTL: Duration = Duration::from_secs(2);
+
+fn bearer(sub: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = serde_json::json!({ "sub": sub, "exp": exp });
+    let t = encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    format!("Bearer {t}")
+}
+
+/// The `wsgate` binary as a separate process, so it can be killed hard (SIGKILL): no
+/// destructor, no release message, its Redis leases simply stop being renewed.
+struct WsgateProcess {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl WsgateProcess {
+    async fn start(config: &std::path::Path) -> WsgateProcess {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .args(["--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(a) = line.strip_prefix("wsgate: proxying WebSockets on ") {
+                    return a.trim().to_owned();
+                }
+            }
+            panic!("wsgate exited before listening");
+        })
+        .await
+        .expect("wsgate did not start within 30 s");
+        // Keep reading its log so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        WsgateProcess {
+            child,
+            url: format!("ws://{addr}/ws"),
+        }
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    async fn kill_hard(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+/// Retries the handshake until it is admitted, for at most 10 s; every refusal must be a
+/// 429 (the subject cap). For slots freed by another task or by lease expiry, which
+/// give the client no event to wait for.
+async fn admitted_eventually(url: &str, auth: &str) -> Client {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match connect_with(url, &[("authorization", auth)]).await {
+            Ok((ws, _)) => return ws,
+            Err(tungstenite::Error::Http(r)) if r.status() == 429 => {}
+            Err(e) => panic!("expected 101 or 429, got {e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn subject_cap_is_shared_by_two_instances_and_a_killed_instance_frees_its_slots_after_the_lease(
+) {
+    let redis = Redis::start().await;
+    let b = Backend::start(BackendOpts::named("a")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hs.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let route = format!(
+        "[route.jwt]\nsecret_file = \"{}\"\n\n[route.rate_limit]\nmax_connections_per_subject = 2\nredis = \"redis://127.0.0.1:{}\"\nredis_fail = \"closed\"\nredis_lease_ttl = \"{}s\"\n",
+        secret.display(),
+        redis.port,
+        LEASE_TTL.as_secs()
+    );
+    let text = one_route(&[&b.url], &route);
+    // Instance A in this process, instance C as a child process (killed later).
+    let a = gate(&text).await;
+    let config = dir.path().join("wsgate.toml");
+    std::fs::write(&config, text.replace("{LISTEN}", "127.0.0.1:0")).unwrap();
+    let mut c = WsgateProcess::start(&config).await;
+    let a_url = ws_url(&a, "/ws");
+    let (alice, bob) = (bearer("alice"), bearer("bob"));
+    let refused = |url: String, t: String| async move {
+        refused_status(&url, &[("authorization", &t)]).await
+    };
+
+    // Two alice sockets, one through each instance; the third is refused by both.
+    let (mut s1, _) = connect_with(&a_url, &[("authorization", &alice)])
+        .await
+        .unwrap();
+    let (_s2, _) = connect_with(&c.url, &[("authorization", &alice)])
+        .await
+        .unwrap();
+    assert_eq!(refused(a_url.clone(), alice.clone()).await, 429);
+    assert_eq!(refused(c.url.clone(), alice.clone()).await, 429);
+    // Another subject is not affected.
+    for url in [&a_url, &c.url] {
+        let (mut ws, _) = connect_with(url, &[("authorization", &bob)]).await.unwrap();
+        ws.close(None).await.unwrap();
+    }
+
+    // Closing alice's socket on A frees a slot that C can use.
+    s1.close(None).await.unwrap();
+    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut s1).await {}
+    let _s3 = admitted_eventually(&c.url, &alice).await;
+    assert_eq!(refused(a_url.clone(), alice.clone()).await, 429);
+
+    // C holds both of alice's slots. Killed hard, it releases nothing: the slots stay
+    // taken until their leases expire, then come back by themselves.
+    c.kill_hard().await;
+    let killed = tokio::time::Instant::now();
+    assert_eq!(refused(a_url.clone(), alice.clone()).await, 429);
+    let s4 = admitted_eventually(&a_url, &alice).await;
+    let waited = killed.elapsed();
+    // A lease was renewed at most a third of the TTL before the kill.
+    assert!(
+        waited >= LEASE_TTL / 2,
+        "slots came back after {waited:?}, before the lease could expire"
+    );
+    let _s5 = admitted_eventually(&a_url, &alice).await;
+    assert_eq!(refused(a_url.clone(), alice.clone()).await, 429);
+    // A's own leases are renewed: still held well past one TTL.
+    tokio::time::sleep(LEASE_TTL * 3 / 2).await;
+    assert_eq!(refused(a_url.clone(), alice.clone()).await, 429);
+    drop(s4);
+    let _s6 = admitted_eventually(&a_url, &alice).await;
+}
+
+#[test]
+fn lease_ttl_needs_redis_and_at_least_a_second() {
+    let parse = |limits: &str| {
+        let text = one_route(&["ws://127.0.0.1:1"], limits).replace("{LISTEN}", "127.0.0.1:0");
+        wsgate::config::Config::parse(&text, "t.toml")
+    };
+    let e =
+        parse("[route.rate_limit]\nmax_connections = 5\nredis_lease_ttl = \"5s\"\n").unwrap_err();
+    assert_eq!(e.key, "route[0].rate_limit.redis_lease_ttl", "{e}");
+    let e = parse("[route.rate_limit]\nmax_connections = 5\nredis = \"redis://127.0.0.1:1\"\nredis_lease_ttl = \"500ms\"\n").unwrap_err();
+    assert_eq!(e.key, "route[0].rate_limit.redis_lease_ttl", "{e}");
+    parse("[route.rate_limit]\nmax_connections = 5\nredis = \"redis://127.0.0.1:1\"\nredis_lease_ttl = \"5s\"\n").unwrap();
 }

@@ -124,6 +124,54 @@ async fn cookie_is_set_on_the_101_and_keeps_the_client_on_its_backend() {
 }
 
 #[tokio::test]
+async fn sticky_cookie_next_to_a_non_ascii_cookie_keeps_the_backend_and_is_not_forwarded() {
+    std::env::set_var("WSGATE_TEST_STICKY_SECRET", STICKY_SECRET);
+    let mut bs = five().await;
+    let g = gate(&config(
+        &urls(&bs),
+        r#"sticky = { by = "cookie", secret_env = "WSGATE_TEST_STICKY_SECRET" }"#,
+        "",
+    ))
+    .await;
+    let url = ws_url(&g, "/ws");
+    let (first, set) = whoami_with(&url, &[]).await;
+    let pair = cookie_pair(&set.expect("the 101 carries Set-Cookie"));
+    // A UTF-8 cookie value next to the sticky cookie, on either side.
+    for cookie in [
+        format!("{pair}; name=caf\u{e9}"),
+        format!("name=caf\u{e9}; {pair}"),
+    ] {
+        for _ in 0..3 {
+            let (again, set_again) = whoami_with(&url, &[("cookie", &cookie)]).await;
+            assert_eq!(again, first, "stickiness lost next to a non-ASCII cookie");
+            assert!(set_again.is_none(), "a valid cookie was replaced");
+        }
+    }
+    let mut seen = Vec::new();
+    for b in &mut bs {
+        while let Ok(s) = b.seen.try_recv() {
+            if let Seen::Request(_, h) = s {
+                seen.extend(h.get_all("cookie").iter().map(|v| v.as_bytes().to_vec()));
+            }
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        6,
+        "every cookie-carrying handshake kept its other cookie"
+    );
+    for c in &seen {
+        assert_eq!(
+            c,
+            "name=caf\u{e9}".as_bytes(),
+            "{}",
+            String::from_utf8_lossy(c)
+        );
+    }
+    assert_no_leak(&g).await;
+}
+
+#[tokio::test]
 async fn cookie_without_a_configured_secret_is_refused_at_load() {
     let text = config(&["ws://127.0.0.1:9"], r#"sticky = { by = "cookie" }"#, "")
         .replace("{LISTEN}", "127.0.0.1:0");

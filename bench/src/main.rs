@@ -48,8 +48,8 @@ enum Cmd {
         /// The HAProxy binary.
         #[arg(long, default_value = "haproxy")]
         haproxy: PathBuf,
-        /// Comma-separated: direct, wsgate, wsgate-log, nginx-default, nginx-tuned,
-        /// haproxy-default, haproxy-tuned.
+        /// Comma-separated: direct, wsgate, wsgate-log, wsgate-limits, nginx-default,
+        /// nginx-tuned, haproxy-default, haproxy-tuned.
         #[arg(long, value_delimiter = ',')]
         targets: Vec<String>,
         /// Comma-separated: msg64, msg64k, churn, jwt, idle, rate.
@@ -135,6 +135,7 @@ fn main() {
                     "direct",
                     "wsgate",
                     "wsgate-log",
+                    "wsgate-limits",
                     "nginx-default",
                     "nginx-tuned",
                     "haproxy-default",

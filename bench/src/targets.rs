@@ -26,6 +26,8 @@ pub enum Kind {
     Wsgate {
         /// Info-level logging on.
         log: bool,
+        /// `/ws` has a `[route.rate_limit]` (set never to refuse): what the limiter costs.
+        limits: bool,
     },
     /// nginx.
     Nginx {
@@ -44,8 +46,18 @@ impl Kind {
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "direct" => Kind::Direct,
-            "wsgate" => Kind::Wsgate { log: false },
-            "wsgate-log" => Kind::Wsgate { log: true },
+            "wsgate" => Kind::Wsgate {
+                log: false,
+                limits: false,
+            },
+            "wsgate-log" => Kind::Wsgate {
+                log: true,
+                limits: false,
+            },
+            "wsgate-limits" => Kind::Wsgate {
+                log: false,
+                limits: true,
+            },
             "nginx-default" => Kind::Nginx { tuned: false },
             "nginx-tuned" => Kind::Nginx { tuned: true },
             "haproxy-default" => Kind::Haproxy { tuned: false },
@@ -58,8 +70,9 @@ impl Kind {
     pub fn name(&self) -> &'static str {
         match self {
             Kind::Direct => "direct",
-            Kind::Wsgate { log: false } => "wsgate",
-            Kind::Wsgate { log: true } => "wsgate-log",
+            Kind::Wsgate { log: true, .. } => "wsgate-log",
+            Kind::Wsgate { limits: true, .. } => "wsgate-limits",
+            Kind::Wsgate { .. } => "wsgate",
             Kind::Nginx { tuned: false } => "nginx-default",
             Kind::Nginx { tuned: true } => "nginx-tuned",
             Kind::Haproxy { tuned: false } => "haproxy-default",
@@ -129,13 +142,28 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Writes wsgate's configuration: `/ws` plain, `/jwt` with `[route.jwt]`.
-pub fn wsgate_config(listen: SocketAddr, backend: SocketAddr, jwt_keys: &[PathBuf]) -> String {
+/// `[route.rate_limit]` for the `wsgate-limits` target: every check in the path (the
+/// handshake GCRA per client IP, the per-IP and global connection counts) with limits
+/// far above what the benchmark reaches, so nothing is refused and only the cost shows.
+pub const NEVER_REFUSING_LIMITS: &str = "[route.rate_limit]\nper_ip = \"1000000/s\"\n\
+     burst = 1000000\nmax_connections_per_ip = 1000000\nmax_connections = 1000000\n";
+
+/// Writes wsgate's configuration: `/ws` plain (or with [`NEVER_REFUSING_LIMITS`]),
+/// `/jwt` with `[route.jwt]`.
+pub fn wsgate_config(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    jwt_keys: &[PathBuf],
+    limits: bool,
+) -> String {
     let mut s = format!(
         "[server]\nlisten = \"{listen}\"\n\n\
          [[upstream]]\nname = \"echo\"\nbackends = [\"ws://{backend}\"]\n\n\
          [[route]]\npath = \"/ws\"\nupstream = \"echo\"\n"
     );
+    if limits {
+        s.push_str(NEVER_REFUSING_LIMITS);
+    }
     if !jwt_keys.is_empty() {
         let keys: Vec<String> = jwt_keys
             .iter()
@@ -223,9 +251,12 @@ pub fn start(kind: Kind, backend: SocketAddr, l: &Launch) -> std::io::Result<Run
     let log = fs::File::create(dir.join("stderr.log"))?;
     match kind {
         Kind::Direct => unreachable!(),
-        Kind::Wsgate { log: with_log } => {
+        Kind::Wsgate {
+            log: with_log,
+            limits,
+        } => {
             let cfg = dir.join("wsgate.toml");
-            fs::write(&cfg, wsgate_config(listen, backend, &l.jwt_keys))?;
+            fs::write(&cfg, wsgate_config(listen, backend, &l.jwt_keys, limits))?;
             cmd.arg(&l.wsgate)
                 .arg("--threads")
                 .arg("1")

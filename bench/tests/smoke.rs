@@ -38,15 +38,25 @@ fn every_scenario_runs_through_wsgate_without_errors() {
 
         let listen = SocketAddr::from(([127, 0, 0, 1], targets::free_port().expect("port")));
         let cfg_path = dir.path().join("wsgate.toml");
-        std::fs::write(&cfg_path, targets::wsgate_config(listen, backend, &publics))
-            .expect("write config");
+        std::fs::write(
+            &cfg_path,
+            targets::wsgate_config(listen, backend, &publics, false),
+        )
+        .expect("write config");
         let cfg = wsgate::config::Config::load(&cfg_path).expect("config loads");
         let gate = wsgate::server::start(&cfg).await.expect("wsgate starts");
 
         let me = Some(Tree(std::process::id()));
         let mut targets = vec![
             Running::external(Kind::Direct, backend, None),
-            Running::external(Kind::Wsgate { log: false }, gate.listen[0], me),
+            Running::external(
+                Kind::Wsgate {
+                    log: false,
+                    limits: false,
+                },
+                gate.listen[0],
+                me,
+            ),
         ];
         let settings = Settings {
             runs: 1,

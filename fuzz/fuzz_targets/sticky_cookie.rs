@@ -40,33 +40,32 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             assert_eq!(s, signer.sign(&got), "accepted a forged value {s:?}");
         }
     }
-    // 3. The layer, with the input as the Cookie header.
-    //
-    // Known finding (RELIABILITY.md, "Findings"): a Cookie header with any non-ASCII
-    // byte is passed through whole, so the sticky cookie in it is neither read nor
-    // removed. Set WSGATE_FUZZ_STICKY_ASCII_ONLY=0 to fuzz that case too once fixed.
-    if !data.is_ascii()
-        && std::env::var_os("WSGATE_FUZZ_STICKY_ASCII_ONLY").is_none_or(|v| v != "0")
-    {
-        return;
-    }
+    // 3. The layer, with the input as the Cookie header, non-ASCII bytes included
+    //    (RELIABILITY.md, "Findings" 3: a non-ASCII cookie once hid the sticky one).
     let Ok(cookie) = http::HeaderValue::from_bytes(data) else {
         return;
     };
+    // The first `wsgate_sticky` pair, if its value is genuine, must key the request.
+    let expected = sticky_values(data)
+        .next()
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| signer.verify(v));
     let layer = StickyLayer::cookie("wsgate_sticky", SECRET).unwrap();
-    let mut svc = layer.layer(tower::service_fn(|req: Request<Body>| async move {
-        assert!(
-            req.extensions().get::<StickyKey>().is_some(),
-            "no sticky key"
-        );
-        for v in req.headers().get_all(http::header::COOKIE) {
-            let s = String::from_utf8_lossy(v.as_bytes());
-            assert!(
-                !s.split(';').any(|c| c.trim().starts_with("wsgate_sticky=")),
-                "the sticky cookie reached the backend: {s:?}"
-            );
+    let mut svc = layer.layer(tower::service_fn(move |req: Request<Body>| {
+        let expected = expected.clone();
+        async move {
+            let key = req.extensions().get::<StickyKey>().expect("no sticky key");
+            if let Some(id) = &expected {
+                assert_eq!(&key.0, id, "a genuine sticky cookie was not honoured");
+            }
+            for v in req.headers().get_all(http::header::COOKIE) {
+                assert!(
+                    sticky_values(v.as_bytes()).next().is_none(),
+                    "the sticky cookie reached the backend: {v:?}"
+                );
+            }
+            Ok::<_, Infallible>(Response::new(Body::empty()))
         }
-        Ok::<_, Infallible>(Response::new(Body::empty()))
     }));
     let mut req = Request::new(Body::empty());
     req.headers_mut().insert(http::header::COOKIE, cookie);
@@ -75,3 +74,16 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         .unwrap();
     rt.block_on(async { svc.ready().await.unwrap().call(req).await.unwrap() });
 });
+
+/// The values of the `wsgate_sticky` pairs in a `Cookie` header, in order: pairs are
+/// `;`-separated, a pair without `=` is a bare name, names and values are trimmed of
+/// spaces and tabs (the only whitespace a header value can hold).
+fn sticky_values(header: &[u8]) -> impl Iterator<Item = &[u8]> {
+    header.split(|b| *b == b';').filter_map(|p| {
+        let (k, v) = match p.iter().position(|b| *b == b'=') {
+            Some(i) => (&p[..i], &p[i + 1..]),
+            None => (p, &b""[..]),
+        };
+        (k.trim_ascii() == b"wsgate_sticky").then(|| v.trim_ascii())
+    })
+}

@@ -47,6 +47,7 @@
 #![deny(unsafe_code)]
 
 pub mod client_ip;
+mod cookie_header;
 pub mod jwt;
 pub mod lease;
 pub mod proxy_protocol;

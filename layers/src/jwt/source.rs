@@ -8,7 +8,7 @@
 use std::str::FromStr;
 
 use http::{
-    header::{AUTHORIZATION, COOKIE, SEC_WEBSOCKET_PROTOCOL},
+    header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL},
     HeaderMap, HeaderValue, Request, Uri,
 };
 
@@ -213,45 +213,13 @@ fn take_protocol(headers: &mut HeaderMap) -> ProtocolSplit {
     split
 }
 
-/// Takes the named cookie out of every `Cookie` header, keeping the others in order.
+/// Takes the named cookie out of every `Cookie` header, keeping the others byte for
+/// byte (a non-ASCII cookie next to it must neither hide the token nor let it through).
 fn take_cookie(headers: &mut HeaderMap, name: &str) -> Option<String> {
-    if !headers.contains_key(COOKIE) {
-        return None;
-    }
-    let mut token = None;
-    let mut kept: Vec<String> = Vec::new();
-    let mut touched = false;
-    for v in headers.get_all(COOKIE) {
-        let Ok(s) = v.to_str() else {
-            // Not text: cannot hold our cookie in a form we would accept; keep it as is.
-            kept.push(String::from_utf8_lossy(v.as_bytes()).into_owned());
-            continue;
-        };
-        for pair in s.split(';') {
-            let pair = pair.trim();
-            if pair.is_empty() {
-                continue;
-            }
-            let (k, val) = pair.split_once('=').unwrap_or((pair, ""));
-            if k.trim() == name {
-                touched = true;
-                if token.is_none() {
-                    token = Some(val.trim().trim_matches('"').to_owned());
-                }
-            } else {
-                kept.push(pair.to_owned());
-            }
-        }
-    }
-    if touched {
-        headers.remove(COOKIE);
-        if !kept.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                headers.insert(COOKIE, v);
-            }
-        }
-    }
-    token
+    let raw = crate::cookie_header::take_cookie(headers, name)?;
+    // A token is ASCII; anything else is no token (but is still removed).
+    let s = String::from_utf8(raw).ok()?;
+    Some(s.trim_matches('"').to_owned())
 }
 
 /// Takes the named parameter out of the query string, keeping the others (raw) in order.
@@ -334,6 +302,8 @@ fn hex(c: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+    use http::header::COOKIE;
+
     use super::*;
 
     #[test]
@@ -418,6 +388,20 @@ mod tests {
         h.insert(COOKIE, HeaderValue::from_static("access_token=t.o.k"));
         take_cookie(&mut h, "access_token");
         assert!(!h.contains_key(COOKIE));
+    }
+
+    #[test]
+    fn token_cookie_next_to_a_non_ascii_cookie_is_found_and_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_bytes(b"name=caf\xc3\xa9; access_token=\"t.o.k\"; x=\xe9").unwrap(),
+        );
+        assert_eq!(
+            take_cookie(&mut h, "access_token").as_deref(),
+            Some("t.o.k")
+        );
+        assert_eq!(h[COOKIE].as_bytes(), b"name=caf\xc3\xa9; x=\xe9");
     }
 
     #[test]

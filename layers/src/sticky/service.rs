@@ -3,7 +3,7 @@
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use http::{header, HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response};
 use serde_json::Value;
 use tower_service::Service;
 
@@ -87,47 +87,15 @@ where
 }
 
 /// Removes cookie `name` from the request (the backend has no use for it) and returns
-/// its value.
+/// its value, if it is text (a signed value always is).
 fn take_cookie(headers: &mut http::HeaderMap, name: &str) -> Option<String> {
-    // Split as bytes: a header with a non-ASCII cookie elsewhere must not hide (and leak
-    // to the backend) the sticky cookie next to it.
-    let mut found = None;
-    let mut kept: Vec<HeaderValue> = Vec::new();
-    let mut changed = false;
-    for v in headers.get_all(header::COOKIE) {
-        let mut rest: Vec<&[u8]> = Vec::new();
-        for pair in v.as_bytes().split(|b| *b == b';') {
-            let pair = pair.trim_ascii();
-            let (k, val) = match pair.iter().position(|b| *b == b'=') {
-                Some(i) => (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii()),
-                None => (pair, &b""[..]),
-            };
-            if k == name.as_bytes() {
-                if found.is_none() {
-                    found = std::str::from_utf8(val).ok().map(str::to_owned);
-                }
-                changed = true;
-            } else if !pair.is_empty() {
-                rest.push(pair);
-            }
-        }
-        if !rest.is_empty() {
-            if let Ok(v) = HeaderValue::from_bytes(&rest.join(&b"; "[..])) {
-                kept.push(v);
-            }
-        }
-    }
-    if changed {
-        headers.remove(header::COOKIE);
-        for v in kept {
-            headers.append(header::COOKIE, v);
-        }
-    }
-    found
+    crate::cookie_header::take_cookie(headers, name).and_then(|v| String::from_utf8(v).ok())
 }
 
 #[cfg(test)]
 mod tests {
+    use http::header;
+
     use super::*;
 
     #[test]
