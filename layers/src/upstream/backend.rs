@@ -258,13 +258,27 @@ impl Backend {
     /// Records a failed connect or handshake (a passive health check): the backend is
     /// ejected for `base`, doubled for each further failure in a row, at most `max`.
     /// Returns the ejection time.
+    ///
+    /// Failures while it is already ejected (connects that were under way together, or
+    /// probes in panic mode) do not grow the backoff: a burst of 500 concurrent connects
+    /// timing out is one failure of the backend, not 500, and must not eject a briefly
+    /// overloaded backend for the maximum at once. The streak grows only with failures
+    /// after an ejection ended.
     pub fn record_failure(&self, base: Duration, max: Duration) -> Duration {
+        self.record_failure_at(now_ms(), base, max)
+    }
+
+    fn record_failure_at(&self, now: u64, base: Duration, max: Duration) -> Duration {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until != 0 && now < until {
+            return Duration::from_millis(until - now);
+        }
         let n = self.failures.fetch_add(1, Ordering::Relaxed).min(20);
         let backoff = base.saturating_mul(1u32 << n).min(max);
         if !backoff.is_zero() {
             let ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX / 2);
             self.ejected_until
-                .store(now_ms().saturating_add(ms), Ordering::Relaxed);
+                .store(now.saturating_add(ms), Ordering::Relaxed);
             self.ejections.fetch_add(1, Ordering::Relaxed);
         }
         backoff
@@ -418,13 +432,36 @@ mod tests {
         let (base, max) = (Duration::from_secs(1), Duration::from_secs(5));
         assert_eq!(b.record_failure(base, max), Duration::from_secs(1));
         assert!(b.is_ejected() && !b.is_available());
-        assert_eq!(b.record_failure(base, max), Duration::from_secs(2));
-        assert_eq!(b.record_failure(base, max), Duration::from_secs(4));
-        assert_eq!(b.record_failure(base, max), Duration::from_secs(5));
-        assert_eq!(b.ejections(), 4);
+        // Each later failure comes after the previous ejection ended: the backoff doubles.
+        let mut now = now_ms();
+        for want in [2, 4, 5, 5] {
+            now += 10_000;
+            assert_eq!(b.record_failure_at(now, base, max), Duration::from_secs(want));
+        }
+        assert_eq!(b.ejections(), 5);
         b.record_success();
         assert!(b.is_available());
         assert_eq!(b.record_failure(base, max), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn failures_during_an_ejection_do_not_grow_it() {
+        let b = Backend::new(BackendUrl::parse("ws://h:1").unwrap());
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(30));
+        let now = now_ms();
+        assert_eq!(b.record_failure_at(now, base, max), Duration::from_secs(1));
+        // 500 connects that were in flight together fail within the ejection.
+        for i in 0..500 {
+            let left = b.record_failure_at(now + i, base, max);
+            assert!(left <= Duration::from_secs(1), "{left:?}");
+        }
+        assert_eq!(b.ejections(), 1);
+        // The first failure after it ended doubles it, once.
+        assert_eq!(
+            b.record_failure_at(now + 1_000, base, max),
+            Duration::from_secs(2)
+        );
+        assert_eq!(b.ejections(), 2);
     }
 
     #[test]

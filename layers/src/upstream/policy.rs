@@ -259,7 +259,9 @@ impl Upstream {
     }
 
     /// The available backends in the order to try them: the policy's choice first, then
-    /// the fail-over order. Empty when none is healthy.
+    /// the fail-over order. When every healthy backend is passively ejected, the first of
+    /// them in that order (a probe; see [`Backend::record_failure`]). Empty when none is
+    /// healthy and not draining.
     ///
     /// `key` is the sticky key ([`StickyKey`](super::StickyKey)): whatever the policy, a
     /// keyed socket goes to the first available backend in the key's rendezvous order
@@ -315,9 +317,25 @@ impl Upstream {
             }
             (Policy::RoundRobin, _) => rotation(self.cursor.fetch_add(1, Ordering::Relaxed) % n, n),
         };
+        let chosen: Vec<Arc<Backend>> = order
+            .iter()
+            .copied()
+            .filter(available)
+            .map(|i| all[i].clone())
+            .collect();
+        if !chosen.is_empty() {
+            return chosen;
+        }
+        // Panic mode: every backend that is up by its health checks is passively ejected.
+        // An ejection is a guess made from a few failed connects (often a reconnect storm
+        // that briefly overloaded healthy backends); refusing every client is certain
+        // failure. So one ejected backend is tried per handshake, as a probe: its success
+        // ends the ejection (Envoy's panic threshold does the same). Backends down by
+        // active checks or draining are never chosen.
         order
             .into_iter()
-            .filter(available)
+            .filter(|i| all[*i].is_healthy() && !all[*i].is_draining())
+            .take(1)
             .map(|i| all[i].clone())
             .collect()
     }
@@ -427,6 +445,33 @@ mod tests {
             assert_eq!(c.len(), 2);
             assert!(c.iter().all(|b| b.url().port() != 9001));
         }
+    }
+
+    #[test]
+    fn all_ejected_gives_one_probe_but_never_a_down_or_draining_backend() {
+        let up = group(Policy::RoundRobin, 3);
+        let bs = up.backends();
+        for b in &bs {
+            b.record_failure(
+                std::time::Duration::from_secs(30),
+                std::time::Duration::from_secs(30),
+            );
+        }
+        bs[0].set_healthy(false);
+        bs[1].set_draining(true);
+        for _ in 0..6 {
+            let c = up.candidates(Some(b"k"));
+            assert_eq!(c.len(), 1);
+            assert_eq!(c[0].url().port(), 9002);
+            let c = up.candidates(None);
+            assert_eq!(c.len(), 1);
+            assert_eq!(c[0].url().port(), 9002);
+        }
+        // A probe that succeeds ends its ejection: back to normal choice.
+        bs[2].record_success();
+        assert!(bs[2].is_available());
+        bs[2].set_healthy(false);
+        assert!(up.candidates(None).is_empty(), "down and draining are never chosen");
     }
 
     #[test]
