@@ -39,7 +39,7 @@ use crate::{
     handshake::{self, check_client, rsv_bits, upstream_request, Forwarding, UpstreamAnswer},
     metrics::{Metrics, Outcome},
     relay::{
-        frame::text_frame, relay, relay_closing, relay_resumable, relay_resumed, RelayEnd,
+        frame::text_frame, relay_closing, relay_resumable, relay_resumed, RelayEnd,
         RelayReport, RelaySettings, Stream,
     },
     upstream::{
@@ -379,6 +379,9 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
             };
             let (client, initial) = unwrap_upgraded(upgraded);
             let report = if let Some((resume, req, key, upstream)) = resume {
+                // Boxed: a resumable socket's state (the reconnect, a second relay) is
+                // allocated only for such sockets, not in every socket's task.
+                Box::pin(async {
                 let mut end = relay_resumable(
                     client,
                     stream,
@@ -440,6 +443,8 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
                     )
                     .await;
                 }
+                })
+                .await
             } else {
                 let shutdown = drain_signal(&task_route.shared);
                 // A backend removed by a reload closes its sockets (1001) after its drain
@@ -451,13 +456,10 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
                         _ = removed.cancelled_owned() => {}
                     }
                 };
-                match &movable {
-                    None => relay(client, stream, &initial, &leftover, &settings, drain).await,
-                    Some(m) => {
-                        let moved = m.token().clone().cancelled_owned();
-                        relay_closing(client, stream, &initial, &leftover, &settings, drain, Some(moved)).await
-                    }
-                }
+                let moved = movable
+                    .as_ref()
+                    .map(|m| m.token().clone().cancelled_owned());
+                relay_closing(client, stream, &initial, &leftover, &settings, drain, moved).await
             };
             drop((on_backend, movable));
             task_route.shared.metrics.closed(&report);

@@ -46,6 +46,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::FutureExt;
 use tokio::time::{sleep_until, Instant as TokioInstant};
 
 pub use stream::Stream;
@@ -225,14 +226,14 @@ impl Detached {
 ///
 /// `client_initial` and `upstream_initial` are bytes already read past the handshakes.
 /// When `shutdown` resolves the socket is closed gracefully (1001 "going away").
-pub async fn relay(
+pub fn relay<'a>(
     client: Stream,
     upstream: Stream,
     client_initial: &[u8],
     upstream_initial: &[u8],
-    settings: &RelaySettings,
-    shutdown: impl Future<Output = ()>,
-) -> RelayReport {
+    settings: &'a RelaySettings,
+    shutdown: impl Future<Output = ()> + 'a,
+) -> impl Future<Output = RelayReport> + 'a {
     relay_closing(
         client,
         upstream,
@@ -242,19 +243,22 @@ pub async fn relay(
         shutdown,
         None::<std::future::Pending<()>>,
     )
-    .await
 }
 
 /// [`relay`], closing both sides with 1012 "rebalance" when `rebalance` (if any) resolves.
-pub(crate) async fn relay_closing(
+///
+/// This and the other entry points are plain functions that build the pumps and return
+/// [`run`]'s future as it is (mapped at most): an `async fn` wrapper would keep its own
+/// copy of the pumps beside the one inside `run` for the socket's whole life.
+pub(crate) fn relay_closing<'a>(
     client: Stream,
     upstream: Stream,
     client_initial: &[u8],
     upstream_initial: &[u8],
-    settings: &RelaySettings,
-    shutdown: impl Future<Output = ()>,
-    rebalance: Option<impl Future<Output = ()>>,
-) -> RelayReport {
+    settings: &'a RelaySettings,
+    shutdown: impl Future<Output = ()> + 'a,
+    rebalance: Option<impl Future<Output = ()> + 'a>,
+) -> impl Future<Output = RelayReport> + 'a {
     let up = up_pump(settings, client_initial);
     let down = down_pump(settings, upstream_initial);
     let (rebalance, signal) = match rebalance {
@@ -264,7 +268,7 @@ pub(crate) async fn relay_closing(
             futures_util::future::Either::Right(std::future::pending()),
         ),
     };
-    let end = run(
+    run(
         client,
         upstream,
         up,
@@ -279,26 +283,25 @@ pub(crate) async fn relay_closing(
             resume: false,
         },
     )
-    .await;
-    match end {
+    .map(|end| match end {
         RelayEnd::Closed(r) => r,
         // Pumps built without resume never park.
         RelayEnd::BackendGone(d) => d.report.clone(),
-    }
+    })
 }
 
 /// Resume mode: like [`relay`], but a backend that vanishes at a clean boundary, or a
 /// `detach` (drain, rebalance) gives the client back as [`RelayEnd::BackendGone`]
 /// instead of closing it.
-pub(crate) async fn relay_resumable(
+pub(crate) fn relay_resumable<'a>(
     client: Stream,
     upstream: Stream,
     client_initial: &[u8],
     upstream_initial: &[u8],
-    settings: &RelaySettings,
-    shutdown: impl Future<Output = ()>,
-    detach: impl Future<Output = ()>,
-) -> RelayEnd {
+    settings: &'a RelaySettings,
+    shutdown: impl Future<Output = ()> + 'a,
+    detach: impl Future<Output = ()> + 'a,
+) -> impl Future<Output = RelayEnd> + 'a {
     let up = up_pump(settings, client_initial).resumable();
     let down = down_pump(settings, upstream_initial).resumable();
     run(
@@ -316,18 +319,17 @@ pub(crate) async fn relay_resumable(
             resume: true,
         },
     )
-    .await
 }
 
 /// Re-attaches a [`Detached`] client to a new backend socket.
-pub(crate) async fn relay_resumed(
+pub(crate) fn relay_resumed<'a>(
     detached: Box<Detached>,
     upstream: Stream,
     upstream_initial: &[u8],
-    settings: &RelaySettings,
-    shutdown: impl Future<Output = ()>,
-    detach: impl Future<Output = ()>,
-) -> RelayEnd {
+    settings: &'a RelaySettings,
+    shutdown: impl Future<Output = ()> + 'a,
+    detach: impl Future<Output = ()> + 'a,
+) -> impl Future<Output = RelayEnd> + 'a {
     let Detached {
         client,
         mut up,
@@ -351,7 +353,6 @@ pub(crate) async fn relay_resumed(
             resume: true,
         },
     )
-    .await
 }
 
 fn rules(settings: &RelaySettings, masked: bool) -> ScanRules {
@@ -394,19 +395,25 @@ struct Mode {
 }
 
 /// The relay loop. `base` carries the traffic of earlier backends (resume mode).
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an
+/// `async fn` copies its arguments into locals, so the two pumps would be stored twice
+/// in every socket's task for its whole life (the task future is most of what an idle
+/// socket costs).
 #[allow(clippy::too_many_arguments)]
-async fn run(
+fn run<'a>(
     mut client: Stream,
     mut upstream: Stream,
     mut up: Pump,
     mut down: Pump,
-    settings: &RelaySettings,
-    shutdown: impl Future<Output = ()>,
-    rebalance: impl Future<Output = ()>,
-    detach: impl Future<Output = ()>,
+    settings: &'a RelaySettings,
+    shutdown: impl Future<Output = ()> + 'a,
+    rebalance: impl Future<Output = ()> + 'a,
+    detach: impl Future<Output = ()> + 'a,
     base: RelayReport,
     mode: Mode,
-) -> RelayEnd {
+) -> impl Future<Output = RelayEnd> + 'a {
+    async move {
     let mut report = RelayReport::default();
 
     let mut shutdown = pin!(shutdown);
@@ -680,5 +687,6 @@ async fn run(
                 planned,
             }))
         }
+    }
     }
 }
