@@ -47,11 +47,11 @@ async fn pair(g: &Running, l: &TcpListener) -> (TcpStream, TcpStream) {
 }
 
 fn text(fin: bool, payload: &[u8]) -> Vec<u8> {
-    masked_frame(if fin { 0x81 } else { 0x01 }, payload, KEY)
+    masked_frame_with_key(if fin { 0x81 } else { 0x01 }, payload, KEY)
 }
 
 fn continuation(fin: bool, payload: &[u8]) -> Vec<u8> {
-    masked_frame(if fin { 0x80 } else { 0x00 }, payload, KEY)
+    masked_frame_with_key(if fin { 0x80 } else { 0x00 }, payload, KEY)
 }
 
 fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
@@ -131,7 +131,7 @@ async fn an_impossible_sequence_split_across_fragments_and_a_ping_is_refused_bef
         read_masked_frame(&mut b).await,
         Some((0x01, b"a\xe2".to_vec()))
     );
-    c.write_all(&masked_frame(0x89, b"ping", KEY))
+    c.write_all(&masked_frame_with_key(0x89, b"ping", KEY))
         .await
         .unwrap();
     assert_eq!(
@@ -153,7 +153,7 @@ async fn a_four_byte_character_split_across_fragments_reads_and_a_ping_passes_by
     // U+1F600 is f0 9f 98 80: cut after one byte inside the first fragment's read, after
     // two at the fragment's end, with a ping in between.
     let first = text(false, b"x\xf0\x9f");
-    let ping = masked_frame(0x89, b"", KEY);
+    let ping = masked_frame_with_key(0x89, b"", KEY);
     let last = continuation(true, b"\x98\x80y");
     let cut = first.len() - 1;
     // Each piece is awaited at the backend before the next is written, so wsgate sees
@@ -167,7 +167,7 @@ async fn a_four_byte_character_split_across_fragments_reads_and_a_ping_passes_by
         );
     }
     // The message passed; the socket still works and closes normally.
-    c.write_all(&masked_frame(0x88, &close_payload(1000, b"bye"), KEY))
+    c.write_all(&masked_frame_with_key(0x88, &close_payload(1000, b"bye"), KEY))
         .await
         .unwrap();
     assert_eq!(backend_close(&mut b).await, (1000, "bye".into()));
@@ -243,7 +243,7 @@ async fn a_close_reason_that_is_not_utf8_is_refused_with_1007() {
     let (mut c, mut b) = pair(&g, &l).await;
     // Autobahn 7.5.1's reason: "κόσμε" with a UTF-16 surrogate (ed a0 80) inside.
     let reason = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited";
-    c.write_all(&masked_frame(0x88, &close_payload(1000, reason), KEY))
+    c.write_all(&masked_frame_with_key(0x88, &close_payload(1000, reason), KEY))
         .await
         .unwrap();
     assert_eq!(client_close(&mut c).await.0, 1007);
@@ -261,7 +261,7 @@ async fn close_codes_no_peer_may_send_are_refused_with_1002_and_registered_ones_
         0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000,
     ] {
         let (mut c, mut b) = pair(&g, &l).await;
-        c.write_all(&masked_frame(0x88, &code.to_be_bytes(), KEY))
+        c.write_all(&masked_frame_with_key(0x88, &code.to_be_bytes(), KEY))
             .await
             .unwrap();
         assert_eq!(client_close(&mut c).await.0, 1002, "close code {code}");
@@ -274,7 +274,7 @@ async fn close_codes_no_peer_may_send_are_refused_with_1002_and_registered_ones_
     }
     for code in [1000u16, 1003, 1007, 1011, 1012, 1014, 3000, 4999] {
         let (mut c, mut b) = pair(&g, &l).await;
-        c.write_all(&masked_frame(0x88, &close_payload(code, b"ok"), KEY))
+        c.write_all(&masked_frame_with_key(0x88, &close_payload(code, b"ok"), KEY))
             .await
             .unwrap();
         assert_eq!(backend_close(&mut b).await, (code, "ok".into()));
@@ -287,7 +287,7 @@ async fn binary_messages_are_not_judged_as_text() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let g = gate_to(&l, "").await;
     let (mut c, mut b) = pair(&g, &l).await;
-    let frame = masked_frame(0x82, b"\xff\xfe\xc0\xaf", KEY);
+    let frame = masked_frame_with_key(0x82, b"\xff\xfe\xc0\xaf", KEY);
     c.write_all(&frame).await.unwrap();
     assert_eq!(backend_bytes(&mut b, frame.len()).await, frame);
     assert_no_leak_after(&g, c, b).await;
@@ -300,13 +300,13 @@ async fn with_validate_utf8_off_invalid_text_and_reasons_reach_the_backend_untou
     let (mut c, mut b) = pair(&g, &l).await;
     let bad = [
         text(false, b"ok \xe2"),
-        masked_frame(0x89, b"", KEY),
+        masked_frame_with_key(0x89, b"", KEY),
         continuation(true, b"(\xff"),
     ]
     .concat();
     c.write_all(&bad).await.unwrap();
     assert_eq!(backend_bytes(&mut b, bad.len()).await, bad);
-    let close = masked_frame(0x88, &close_payload(1000, b"\xed\xa0\x80"), KEY);
+    let close = masked_frame_with_key(0x88, &close_payload(1000, b"\xed\xa0\x80"), KEY);
     c.write_all(&close).await.unwrap();
     assert_eq!(backend_bytes(&mut b, close.len()).await, close);
     assert_no_leak_after(&g, c, b).await;

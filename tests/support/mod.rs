@@ -377,25 +377,10 @@ pub async fn raw_ws_with(addr: SocketAddr, extra: &str) -> (TcpStream, String) {
     (s, String::from_utf8_lossy(&head).into_owned())
 }
 
-/// A client frame: first byte `first` (FIN, RSV, opcode), length, mask key, masked
-/// payload.
+/// A client frame: first byte `first` (FIN, RSV, opcode), length, a fixed mask key,
+/// masked payload.
 pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [0x37, 0xfa, 0x21, 0x3d];
-    let mut v = vec![first];
-    match payload.len() {
-        n if n < 126 => v.push(0x80 | n as u8),
-        n if n < 65536 => {
-            v.push(0x80 | 126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            v.push(0x80 | 127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    v.extend_from_slice(&key);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    v
+    masked_frame_with_key(first, payload, [0x37, 0xfa, 0x21, 0x3d])
 }
 
 /// Starts a test backend again on `addr`, the address of one that was killed (its old
@@ -456,7 +441,7 @@ pub async fn accept_raw_upgrade(l: &TcpListener, extra: &str) -> (TcpStream, Str
 }
 
 /// A client frame: first byte (FIN, RSV, opcode), then `payload` masked with `key`.
-pub fn masked_frame(first: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+pub fn masked_frame_with_key(first: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
     let mut v = vec![first];
     match payload.len() {
         n if n < 126 => v.push(0x80 | n as u8),
