@@ -394,6 +394,62 @@ struct Mode {
     resume: bool,
 }
 
+/// The deadlines of one socket. They share one timer (the relay re-arms it for the
+/// earliest that applies), because each tokio timer is 112 bytes in the socket's task for
+/// its whole life, and an idle socket's task is most of what it costs.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    idle: Option<TokioInstant>,
+    expiry: Option<TokioInstant>,
+    lifetime: Option<TokioInstant>,
+    ping: Option<TokioInstant>,
+    /// The close handshake (or a planned switch, or a lost write) must end by then.
+    close: Option<TokioInstant>,
+}
+
+/// Which deadline a timer wake-up is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Idle,
+    Expiry,
+    Lifetime,
+    Ping,
+    Close,
+}
+
+impl Deadlines {
+    /// The earliest deadline that applies: the open socket's while nothing is closing
+    /// (`open`), the close deadline while one is armed (`close_armed`).
+    fn next(&self, open: bool, close_armed: bool) -> Option<TokioInstant> {
+        let open_ones = [self.idle, self.expiry, self.lifetime, self.ping];
+        let close = self.close.filter(|_| close_armed);
+        open_ones
+            .into_iter()
+            .filter(|_| open)
+            .chain([close])
+            .flatten()
+            .min()
+    }
+
+    /// The first deadline due at `now`, in the order the relay handles them.
+    fn due(&self, now: TokioInstant, open: bool, close_armed: bool) -> Option<Due> {
+        let passed = |d: Option<TokioInstant>| d.is_some_and(|d| d <= now);
+        if open {
+            for (d, due) in [
+                (self.idle, Due::Idle),
+                (self.expiry, Due::Expiry),
+                (self.lifetime, Due::Lifetime),
+                (self.ping, Due::Ping),
+            ] {
+                if passed(d) {
+                    return Some(due);
+                }
+            }
+        }
+        (close_armed && passed(self.close)).then_some(Due::Close)
+    }
+}
+
 /// The relay loop. `base` carries the traffic of earlier backends (resume mode).
 ///
 /// A plain function returning an `async move` block rather than an `async fn`: an
@@ -419,24 +475,19 @@ fn run<'a>(
     let mut shutdown = pin!(shutdown);
     let mut rebalance = pin!(rebalance);
     let mut detach = pin!(detach);
-    let far = TokioInstant::now() + Duration::from_secs(86400 * 365);
     let idle_every = settings.idle_timeout;
-    let mut idle = pin!(sleep_until(
-        idle_every.map_or(far, |d| TokioInstant::now() + d)
-    ));
-    let mut expiry = pin!(sleep_until(
-        settings.expires_at.map_or(far, TokioInstant::from_std)
-    ));
-    let mut close_deadline = pin!(sleep_until(far));
-    let mut lifetime = pin!(sleep_until(
-        settings
-            .max_lifetime
-            .map_or(far, |d| TokioInstant::now() + d)
-    ));
     let ping_every = settings.ping_interval;
-    let mut ping = pin!(sleep_until(
-        ping_every.map_or(far, |d| TokioInstant::now() + d)
-    ));
+    let start = TokioInstant::now();
+    let mut deadlines = Deadlines {
+        idle: idle_every.map(|d| start + d),
+        expiry: settings.expires_at.map(TokioInstant::from_std),
+        lifetime: settings.max_lifetime.map(|d| start + d),
+        ping: ping_every.map(|d| start + d),
+        close: None,
+    };
+    // One timer for all of them, armed for the earliest that can fire.
+    let mut timer = pin!(sleep_until(start));
+    let mut armed: Option<TokioInstant> = None;
     let mut ping_outstanding = false;
     let mut closing = false;
     let mut shutting_down = false;
@@ -457,6 +508,14 @@ fn run<'a>(
             CloseTimeout,
             Detach,
         }
+        let close_armed = closing || detaching || lost_write;
+        let next = deadlines.next(!closing, close_armed);
+        if next != armed {
+            if let Some(at) = next {
+                timer.as_mut().reset(at);
+            }
+            armed = next;
+        }
         let wake = tokio::select! {
             biased;
             (from_client, event) = poll_fn(|cx| {
@@ -475,11 +534,21 @@ fn run<'a>(
             _ = &mut shutdown, if !shutting_down => Wake::Proxy(ProxyClose::Shutdown),
             _ = &mut rebalance, if mode.rebalance && !rebalanced => Wake::Proxy(ProxyClose::Rebalance),
             _ = &mut detach, if mode.resume && !detach_fired && !closing => Wake::Detach,
-            _ = &mut idle, if idle_every.is_some() && !closing => Wake::Idle,
-            _ = &mut expiry, if settings.expires_at.is_some() && !closing => Wake::Proxy(ProxyClose::Expired),
-            _ = &mut lifetime, if settings.max_lifetime.is_some() && !closing => Wake::Proxy(ProxyClose::Lifetime),
-            _ = &mut ping, if ping_every.is_some() && !closing => Wake::Ping,
-            _ = &mut close_deadline, if closing || detaching || lost_write => Wake::CloseTimeout,
+            _ = &mut timer, if armed.is_some() => {
+                match deadlines.due(TokioInstant::now(), !closing, close_armed) {
+                    Some(Due::Idle) => Wake::Idle,
+                    Some(Due::Expiry) => Wake::Proxy(ProxyClose::Expired),
+                    Some(Due::Lifetime) => Wake::Proxy(ProxyClose::Lifetime),
+                    Some(Due::Ping) => Wake::Ping,
+                    Some(Due::Close) => Wake::CloseTimeout,
+                    None => {
+                        // Woken before any deadline (cannot happen with tokio's timer,
+                        // which rounds up): arm it again.
+                        armed = None;
+                        continue;
+                    }
+                }
+            }
         };
         let wake = match wake {
             Wake::Idle if up.activity + down.activity > 0 => {
@@ -487,9 +556,7 @@ fn run<'a>(
                 // timer on every read, which would cost a timer-wheel update per chunk.
                 up.activity = 0;
                 down.activity = 0;
-                if let Some(d) = idle_every {
-                    idle.as_mut().reset(TokioInstant::now() + d);
-                }
+                deadlines.idle = idle_every.map(|d| TokioInstant::now() + d);
                 continue;
             }
             Wake::Idle => Wake::Proxy(ProxyClose::Idle),
@@ -502,9 +569,7 @@ fn run<'a>(
                         down.ping_dst();
                     }
                     ping_outstanding = !heard;
-                    if let Some(d) = ping_every {
-                        ping.as_mut().reset(TokioInstant::now() + d);
-                    }
+                    deadlines.ping = ping_every.map(|d| TokioInstant::now() + d);
                     continue;
                 }
                 Wake::Proxy(ProxyClose::PingTimeout)
@@ -583,9 +648,7 @@ fn run<'a>(
                     // Writing to the backend failed: its read side tells how it ended
                     // (at a boundary or not). Bounded by the close timeout.
                     lost_write = true;
-                    close_deadline
-                        .as_mut()
-                        .reset(TokioInstant::now() + settings.close_timeout);
+                    deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
                 }
                 Event::Parked => {
                     if up.is_parked() && down.is_parked() {
@@ -600,9 +663,7 @@ fn run<'a>(
                     detaching = true;
                     up.detach();
                     down.detach();
-                    close_deadline
-                        .as_mut()
-                        .reset(TokioInstant::now() + settings.close_timeout);
+                    deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
                 }
             }
             Wake::Proxy(why) => {
@@ -652,9 +713,7 @@ fn run<'a>(
                 || !report.closed_by.is_empty())
         {
             closing = true;
-            close_deadline
-                .as_mut()
-                .reset(TokioInstant::now() + settings.close_timeout);
+            deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
         }
     }
     report.bytes_up = up.bytes;
