@@ -39,8 +39,8 @@ use crate::{
     handshake::{self, check_client, rsv_bits, upstream_request, Forwarding, UpstreamAnswer},
     metrics::{Metrics, Outcome},
     relay::{
-        frame::text_frame, relay_closing, relay_resumable, relay_resumed, RelayEnd,
-        RelayReport, RelaySettings, Stream,
+        frame::text_frame, relay_closing, relay_resumable, relay_resumed, RelayEnd, RelayReport,
+        RelaySettings, Stream,
     },
     upstream::{
         resume::{resumed_handshake, resumed_headers, strip_resume_headers, ResumeRequest},
@@ -321,8 +321,9 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
     }
     // Resume needs the handshake again, with the negotiated subprotocol; never with an
     // extension (its compression context cannot move to another backend).
+    // Boxed: every socket's task holds this option for its whole life.
     let resume = match route.connector.resume() {
-        Some(r) if extensions.is_none() => Some((
+        Some(r) if extensions.is_none() => Some(Box::new((
             r.clone(),
             ResumeRequest {
                 path_and_query: path_and_query.clone(),
@@ -338,7 +339,7 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
             },
             req.extensions().get::<StickyKey>().map(|k| k.0.clone()),
             selected.upstream.clone(),
-        )),
+        ))),
         _ => None,
     };
     if let Some(p) = protocol {
@@ -378,7 +379,8 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
                 }
             };
             let (client, initial) = unwrap_upgraded(upgraded);
-            let report = if let Some((resume, req, key, upstream)) = resume {
+            let report = if let Some(boxed) = resume {
+                let (resume, req, key, upstream) = *boxed;
                 // Boxed: a resumable socket's state (the reconnect, a second relay) is
                 // allocated only for such sockets, not in every socket's task.
                 Box::pin(async {
@@ -446,20 +448,20 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
                 })
                 .await
             } else {
-                let shutdown = drain_signal(&task_route.shared);
-                // A backend removed by a reload closes its sockets (1001) after its drain
-                // timeout.
-                let removed = backend.closing().clone();
-                let drain = async move {
-                    tokio::select! {
-                        _ = shutdown => {}
-                        _ = removed.cancelled_owned() => {}
-                    }
-                };
-                let moved = movable
-                    .as_ref()
-                    .map(|m| m.token().clone().cancelled_owned());
-                relay_closing(client, stream, &initial, &leftover, &settings, drain, moved).await
+                // The signals are built inside the call: a local holding them would keep
+                // its own space in the task beside the relay's copy.
+                relay_closing(
+                    client,
+                    stream,
+                    &initial,
+                    &leftover,
+                    &settings,
+                    drain_or_removed(&task_route.shared, &backend),
+                    movable
+                        .as_ref()
+                        .map(|m| m.token().clone().cancelled_owned()),
+                )
+                .await
             };
             drop((on_backend, movable));
             task_route.shared.metrics.closed(&report);
@@ -479,6 +481,22 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         .instrument(span),
     );
     (Outcome::Ok, resp)
+}
+
+/// Resolves when wsgate shuts down, or when `backend` was removed by a reload and its
+/// drain timeout passed (its sockets then close with 1001).
+fn drain_or_removed(
+    shared: &Shared,
+    backend: &Arc<wsgate_layers::Backend>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let shutdown = drain_signal(shared);
+    let removed = backend.closing().clone();
+    async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = removed.cancelled_owned() => {}
+        }
+    }
 }
 
 /// Resolves when wsgate moves this socket off `backend`: the backend was removed and its

@@ -394,6 +394,62 @@ struct Mode {
     resume: bool,
 }
 
+/// The deadlines of one socket. They share one timer (the relay re-arms it for the
+/// earliest that applies), because each tokio timer is 112 bytes in the socket's task for
+/// its whole life, and an idle socket's task is most of what it costs.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    idle: Option<TokioInstant>,
+    expiry: Option<TokioInstant>,
+    lifetime: Option<TokioInstant>,
+    ping: Option<TokioInstant>,
+    /// The close handshake (or a planned switch, or a lost write) must end by then.
+    close: Option<TokioInstant>,
+}
+
+/// Which deadline a timer wake-up is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Idle,
+    Expiry,
+    Lifetime,
+    Ping,
+    Close,
+}
+
+impl Deadlines {
+    /// The earliest deadline that applies: the open socket's while nothing is closing
+    /// (`open`), the close deadline while one is armed (`close_armed`).
+    fn next(&self, open: bool, close_armed: bool) -> Option<TokioInstant> {
+        let open_ones = [self.idle, self.expiry, self.lifetime, self.ping];
+        let close = self.close.filter(|_| close_armed);
+        open_ones
+            .into_iter()
+            .filter(|_| open)
+            .chain([close])
+            .flatten()
+            .min()
+    }
+
+    /// The first deadline due at `now`, in the order the relay handles them.
+    fn due(&self, now: TokioInstant, open: bool, close_armed: bool) -> Option<Due> {
+        let passed = |d: Option<TokioInstant>| d.is_some_and(|d| d <= now);
+        if open {
+            for (d, due) in [
+                (self.idle, Due::Idle),
+                (self.expiry, Due::Expiry),
+                (self.lifetime, Due::Lifetime),
+                (self.ping, Due::Ping),
+            ] {
+                if passed(d) {
+                    return Some(due);
+                }
+            }
+        }
+        (close_armed && passed(self.close)).then_some(Due::Close)
+    }
+}
+
 /// The relay loop. `base` carries the traffic of earlier backends (resume mode).
 ///
 /// A plain function returning an `async move` block rather than an `async fn`: an
@@ -414,279 +470,283 @@ fn run<'a>(
     mode: Mode,
 ) -> impl Future<Output = RelayEnd> + 'a {
     async move {
-    let mut report = RelayReport::default();
+        let mut report = RelayReport::default();
 
-    let mut shutdown = pin!(shutdown);
-    let mut rebalance = pin!(rebalance);
-    let mut detach = pin!(detach);
-    let far = TokioInstant::now() + Duration::from_secs(86400 * 365);
-    let idle_every = settings.idle_timeout;
-    let mut idle = pin!(sleep_until(
-        idle_every.map_or(far, |d| TokioInstant::now() + d)
-    ));
-    let mut expiry = pin!(sleep_until(
-        settings.expires_at.map_or(far, TokioInstant::from_std)
-    ));
-    let mut close_deadline = pin!(sleep_until(far));
-    let mut lifetime = pin!(sleep_until(
-        settings
-            .max_lifetime
-            .map_or(far, |d| TokioInstant::now() + d)
-    ));
-    let ping_every = settings.ping_interval;
-    let mut ping = pin!(sleep_until(
-        ping_every.map_or(far, |d| TokioInstant::now() + d)
-    ));
-    let mut ping_outstanding = false;
-    let mut closing = false;
-    let mut shutting_down = false;
-    let mut rebalanced = false;
-    // Resume mode: a planned switch is under way, or the backend is gone.
-    let mut detaching = false;
-    let mut detach_fired = false;
-    // Resume mode: a write to the backend failed; waiting for its read side.
-    let mut lost_write = false;
-    let mut gone: Option<bool> = None;
-
-    loop {
-        enum Wake {
-            Pump(bool, Event),
-            Proxy(ProxyClose),
-            Idle,
-            Ping,
-            CloseTimeout,
-            Detach,
-        }
-        let wake = tokio::select! {
-            biased;
-            (from_client, event) = poll_fn(|cx| {
-                if !up.is_done() {
-                    if let Poll::Ready(e) = up.poll(cx, &mut client, &mut upstream) {
-                        return Poll::Ready((true, e));
-                    }
-                }
-                if !down.is_done() {
-                    if let Poll::Ready(e) = down.poll(cx, &mut upstream, &mut client) {
-                        return Poll::Ready((false, e));
-                    }
-                }
-                Poll::Pending
-            }) => Wake::Pump(from_client, event),
-            _ = &mut shutdown, if !shutting_down => Wake::Proxy(ProxyClose::Shutdown),
-            _ = &mut rebalance, if mode.rebalance && !rebalanced => Wake::Proxy(ProxyClose::Rebalance),
-            _ = &mut detach, if mode.resume && !detach_fired && !closing => Wake::Detach,
-            _ = &mut idle, if idle_every.is_some() && !closing => Wake::Idle,
-            _ = &mut expiry, if settings.expires_at.is_some() && !closing => Wake::Proxy(ProxyClose::Expired),
-            _ = &mut lifetime, if settings.max_lifetime.is_some() && !closing => Wake::Proxy(ProxyClose::Lifetime),
-            _ = &mut ping, if ping_every.is_some() && !closing => Wake::Ping,
-            _ = &mut close_deadline, if closing || detaching || lost_write => Wake::CloseTimeout,
+        let mut shutdown = pin!(shutdown);
+        let mut rebalance = pin!(rebalance);
+        let mut detach = pin!(detach);
+        let idle_every = settings.idle_timeout;
+        let ping_every = settings.ping_interval;
+        let start = TokioInstant::now();
+        let mut deadlines = Deadlines {
+            idle: idle_every.map(|d| start + d),
+            expiry: settings.expires_at.map(TokioInstant::from_std),
+            lifetime: settings.max_lifetime.map(|d| start + d),
+            ping: ping_every.map(|d| start + d),
+            close: None,
         };
-        let wake = match wake {
-            Wake::Idle if up.activity + down.activity > 0 => {
-                // Traffic since the timer was set: push it out instead of resetting the
-                // timer on every read, which would cost a timer-wheel update per chunk.
-                up.activity = 0;
-                down.activity = 0;
-                if let Some(d) = idle_every {
-                    idle.as_mut().reset(TokioInstant::now() + d);
-                }
-                continue;
+        // One timer for all of them, armed for the earliest that can fire.
+        let mut timer = pin!(sleep_until(start));
+        let mut armed: Option<TokioInstant> = None;
+        let mut ping_outstanding = false;
+        let mut closing = false;
+        let mut shutting_down = false;
+        let mut rebalanced = false;
+        // Resume mode: a planned switch is under way, or the backend is gone.
+        let mut detaching = false;
+        let mut detach_fired = false;
+        // Resume mode: a write to the backend failed; waiting for its read side.
+        let mut lost_write = false;
+        let mut gone: Option<bool> = None;
+
+        loop {
+            enum Wake {
+                Pump(bool, Event),
+                Proxy(ProxyClose),
+                Idle,
+                Ping,
+                CloseTimeout,
+                Detach,
             }
-            Wake::Idle => Wake::Proxy(ProxyClose::Idle),
-            Wake::Ping => {
-                // Anything from the client since the last check (a pong or data) proves
-                // it alive; otherwise ping it, and if a ping is already unanswered, give up.
-                let heard = std::mem::take(&mut up.heard) > 0;
-                if heard || !ping_outstanding {
-                    if !heard {
-                        down.ping_dst();
+            let close_armed = closing || detaching || lost_write;
+            let next = deadlines.next(!closing, close_armed);
+            if next != armed {
+                if let Some(at) = next {
+                    timer.as_mut().reset(at);
+                }
+                armed = next;
+            }
+            let wake = tokio::select! {
+                biased;
+                (from_client, event) = poll_fn(|cx| {
+                    if !up.is_done() {
+                        if let Poll::Ready(e) = up.poll(cx, &mut client, &mut upstream) {
+                            return Poll::Ready((true, e));
+                        }
                     }
-                    ping_outstanding = !heard;
-                    if let Some(d) = ping_every {
-                        ping.as_mut().reset(TokioInstant::now() + d);
+                    if !down.is_done() {
+                        if let Poll::Ready(e) = down.poll(cx, &mut upstream, &mut client) {
+                            return Poll::Ready((false, e));
+                        }
                     }
+                    Poll::Pending
+                }) => Wake::Pump(from_client, event),
+                _ = &mut shutdown, if !shutting_down => Wake::Proxy(ProxyClose::Shutdown),
+                _ = &mut rebalance, if mode.rebalance && !rebalanced => Wake::Proxy(ProxyClose::Rebalance),
+                _ = &mut detach, if mode.resume && !detach_fired && !closing => Wake::Detach,
+                _ = &mut timer, if armed.is_some() => {
+                    match deadlines.due(TokioInstant::now(), !closing, close_armed) {
+                        Some(Due::Idle) => Wake::Idle,
+                        Some(Due::Expiry) => Wake::Proxy(ProxyClose::Expired),
+                        Some(Due::Lifetime) => Wake::Proxy(ProxyClose::Lifetime),
+                        Some(Due::Ping) => Wake::Ping,
+                        Some(Due::Close) => Wake::CloseTimeout,
+                        None => {
+                            // Woken before any deadline (cannot happen with tokio's timer,
+                            // which rounds up): arm it again.
+                            armed = None;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let wake = match wake {
+                Wake::Idle if up.activity + down.activity > 0 => {
+                    // Traffic since the timer was set: push it out instead of resetting the
+                    // timer on every read, which would cost a timer-wheel update per chunk.
+                    up.activity = 0;
+                    down.activity = 0;
+                    deadlines.idle = idle_every.map(|d| TokioInstant::now() + d);
                     continue;
                 }
-                Wake::Proxy(ProxyClose::PingTimeout)
-            }
-            other => other,
-        };
-        // Anything but the switch itself cancels a planned switch under way.
-        let switch_event = matches!(
-            wake,
-            Wake::Pump(_, Event::Parked | Event::SourceLost | Event::DstLost)
-                | Wake::Detach
-                | Wake::CloseTimeout
-        );
-        if detaching && !switch_event {
-            detaching = false;
-            up.undetach();
-            down.undetach();
-        }
-        match wake {
-            Wake::Pump(from_client, event) => match event {
-                Event::Closed(seen) => {
-                    if report.closed_by.is_empty() {
-                        report.closed_by = if from_client { "client" } else { "backend" };
-                        report.close_code = seen.code.or(Some(1005));
-                    }
-                }
-                Event::Violation(v) => {
-                    if report.closed_by.is_empty() {
-                        report.closed_by = "proxy";
-                        report.close_code = Some(v.code);
-                        report.proxy_reason = Some(v.reason);
-                    }
-                    // The offender gets the code; its peer did nothing wrong and is told
-                    // why the socket ends, except for invalid UTF-8, where both sides get
-                    // 1007 so a backend learns its client sent a bad message.
-                    let utf8 = v.code == frame::INVALID_PAYLOAD;
-                    if from_client {
-                        down.close_dst(v.code, v.reason);
-                        if utf8 {
-                            up.close_dst(v.code, "client sent invalid UTF-8");
-                        } else {
-                            up.close_dst(1001, "client protocol error");
+                Wake::Idle => Wake::Proxy(ProxyClose::Idle),
+                Wake::Ping => {
+                    // Anything from the client since the last check (a pong or data) proves
+                    // it alive; otherwise ping it, and if a ping is already unanswered, give up.
+                    let heard = std::mem::take(&mut up.heard) > 0;
+                    if heard || !ping_outstanding {
+                        if !heard {
+                            down.ping_dst();
                         }
-                    } else {
-                        up.close_dst(v.code, v.reason);
-                        if utf8 {
-                            down.close_dst(v.code, "backend sent invalid UTF-8");
-                        } else {
-                            down.close_dst(1014, "backend protocol error");
-                        }
+                        ping_outstanding = !heard;
+                        deadlines.ping = ping_every.map(|d| TokioInstant::now() + d);
+                        continue;
                     }
+                    Wake::Proxy(ProxyClose::PingTimeout)
                 }
-                Event::Finished => {
-                    if report.closed_by.is_empty() {
-                        report.closed_by = if from_client { "client" } else { "backend" };
-                    }
-                    if (up.is_done() || up.is_parked()) && (down.is_done() || down.is_parked()) {
-                        break;
-                    }
-                    // Both close frames have crossed and one side is gone: the close
-                    // handshake is complete, so a peer that never sends its FIN must not
-                    // hold the other socket for the whole close timeout.
-                    if up.src_close.is_some() && down.src_close.is_some() {
-                        break;
-                    }
-                }
-                Event::SourceLost => {
-                    // The backend vanished; the client has whole messages only.
-                    if report.closed_by.is_empty() && up.park_client_side() {
-                        gone = Some(false);
-                        break;
-                    }
-                    down.give_up_parked();
-                }
-                Event::DstLost => {
-                    // Writing to the backend failed: its read side tells how it ended
-                    // (at a boundary or not). Bounded by the close timeout.
-                    lost_write = true;
-                    close_deadline
-                        .as_mut()
-                        .reset(TokioInstant::now() + settings.close_timeout);
-                }
-                Event::Parked => {
-                    if up.is_parked() && down.is_parked() {
-                        gone = Some(true);
-                        break;
-                    }
-                }
-            },
-            Wake::Detach => {
-                detach_fired = true;
-                if report.closed_by.is_empty() {
-                    detaching = true;
-                    up.detach();
-                    down.detach();
-                    close_deadline
-                        .as_mut()
-                        .reset(TokioInstant::now() + settings.close_timeout);
-                }
-            }
-            Wake::Proxy(why) => {
-                let (code, reason) = match why {
-                    ProxyClose::Shutdown => {
-                        shutting_down = true;
-                        (1001, "going away")
-                    }
-                    ProxyClose::Idle => (1001, "idle timeout"),
-                    ProxyClose::Expired => (4401, "token expired"),
-                    ProxyClose::Lifetime => (1001, "max lifetime"),
-                    ProxyClose::PingTimeout => (1001, "ping timeout"),
-                    ProxyClose::Rebalance => {
-                        rebalanced = true;
-                        (1012, "rebalance")
-                    }
-                };
-                if report.closed_by.is_empty() {
-                    report.closed_by = "proxy";
-                    report.close_code = Some(code);
-                    report.proxy_reason = Some(reason);
-                }
-                down.close_dst(code, reason);
-                up.close_dst(1001, reason);
-            }
-            Wake::Idle | Wake::Ping => {}
-            Wake::CloseTimeout if (detaching || lost_write) && !closing => {
-                // No clean boundary in time: close as when a backend dies.
+                other => other,
+            };
+            // Anything but the switch itself cancels a planned switch under way.
+            let switch_event = matches!(
+                wake,
+                Wake::Pump(_, Event::Parked | Event::SourceLost | Event::DstLost)
+                    | Wake::Detach
+                    | Wake::CloseTimeout
+            );
+            if detaching && !switch_event {
                 detaching = false;
-                lost_write = false;
                 up.undetach();
                 down.undetach();
-                down.give_up_parked();
-                report.closed_by = "proxy";
-                report.close_code = Some(1012);
-                report.proxy_reason = Some("backend went away");
-                down.close_dst(1012, "backend went away");
-                up.close_dst(1001, "backend went away");
             }
-            Wake::CloseTimeout => break,
-        }
-        if !closing
-            && (up.dst_closed
-                || down.dst_closed
-                || up.is_done()
-                || down.is_done()
-                || !report.closed_by.is_empty())
-        {
-            closing = true;
-            close_deadline
-                .as_mut()
-                .reset(TokioInstant::now() + settings.close_timeout);
-        }
-    }
-    report.bytes_up = up.bytes;
-    report.bytes_down = base.bytes_down + down.bytes;
-    report.messages_up = up.messages();
-    report.messages_down = base.messages_down + down.messages();
-    report.messages_dropped = up.dropped();
-    match gone {
-        None => RelayEnd::Closed(report),
-        Some(planned) => {
-            if planned {
-                // Parked at a client frame boundary: tell the old backend, best effort.
-                use tokio::io::AsyncWriteExt;
-                let bye = frame::ControlFrame::close(1012, "session moved", true);
-                let _ = tokio::time::timeout(
-                    settings.close_timeout.min(Duration::from_secs(1)),
-                    async {
-                        upstream.write_all(bye.as_bytes()).await?;
-                        upstream.shutdown().await
-                    },
-                )
-                .await;
+            match wake {
+                Wake::Pump(from_client, event) => match event {
+                    Event::Closed(seen) => {
+                        if report.closed_by.is_empty() {
+                            report.closed_by = if from_client { "client" } else { "backend" };
+                            report.close_code = seen.code.or(Some(1005));
+                        }
+                    }
+                    Event::Violation(v) => {
+                        if report.closed_by.is_empty() {
+                            report.closed_by = "proxy";
+                            report.close_code = Some(v.code);
+                            report.proxy_reason = Some(v.reason);
+                        }
+                        // The offender gets the code; its peer did nothing wrong and is told
+                        // why the socket ends, except for invalid UTF-8, where both sides get
+                        // 1007 so a backend learns its client sent a bad message.
+                        let utf8 = v.code == frame::INVALID_PAYLOAD;
+                        if from_client {
+                            down.close_dst(v.code, v.reason);
+                            if utf8 {
+                                up.close_dst(v.code, "client sent invalid UTF-8");
+                            } else {
+                                up.close_dst(1001, "client protocol error");
+                            }
+                        } else {
+                            up.close_dst(v.code, v.reason);
+                            if utf8 {
+                                down.close_dst(v.code, "backend sent invalid UTF-8");
+                            } else {
+                                down.close_dst(1014, "backend protocol error");
+                            }
+                        }
+                    }
+                    Event::Finished => {
+                        if report.closed_by.is_empty() {
+                            report.closed_by = if from_client { "client" } else { "backend" };
+                        }
+                        if (up.is_done() || up.is_parked()) && (down.is_done() || down.is_parked())
+                        {
+                            break;
+                        }
+                        // Both close frames have crossed and one side is gone: the close
+                        // handshake is complete, so a peer that never sends its FIN must not
+                        // hold the other socket for the whole close timeout.
+                        if up.src_close.is_some() && down.src_close.is_some() {
+                            break;
+                        }
+                    }
+                    Event::SourceLost => {
+                        // The backend vanished; the client has whole messages only.
+                        if report.closed_by.is_empty() && up.park_client_side() {
+                            gone = Some(false);
+                            break;
+                        }
+                        down.give_up_parked();
+                    }
+                    Event::DstLost => {
+                        // Writing to the backend failed: its read side tells how it ended
+                        // (at a boundary or not). Bounded by the close timeout.
+                        lost_write = true;
+                        deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
+                    }
+                    Event::Parked => {
+                        if up.is_parked() && down.is_parked() {
+                            gone = Some(true);
+                            break;
+                        }
+                    }
+                },
+                Wake::Detach => {
+                    detach_fired = true;
+                    if report.closed_by.is_empty() {
+                        detaching = true;
+                        up.detach();
+                        down.detach();
+                        deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
+                    }
+                }
+                Wake::Proxy(why) => {
+                    let (code, reason) = match why {
+                        ProxyClose::Shutdown => {
+                            shutting_down = true;
+                            (1001, "going away")
+                        }
+                        ProxyClose::Idle => (1001, "idle timeout"),
+                        ProxyClose::Expired => (4401, "token expired"),
+                        ProxyClose::Lifetime => (1001, "max lifetime"),
+                        ProxyClose::PingTimeout => (1001, "ping timeout"),
+                        ProxyClose::Rebalance => {
+                            rebalanced = true;
+                            (1012, "rebalance")
+                        }
+                    };
+                    if report.closed_by.is_empty() {
+                        report.closed_by = "proxy";
+                        report.close_code = Some(code);
+                        report.proxy_reason = Some(reason);
+                    }
+                    down.close_dst(code, reason);
+                    up.close_dst(1001, reason);
+                }
+                Wake::Idle | Wake::Ping => {}
+                Wake::CloseTimeout if (detaching || lost_write) && !closing => {
+                    // No clean boundary in time: close as when a backend dies.
+                    detaching = false;
+                    lost_write = false;
+                    up.undetach();
+                    down.undetach();
+                    down.give_up_parked();
+                    report.closed_by = "proxy";
+                    report.close_code = Some(1012);
+                    report.proxy_reason = Some("backend went away");
+                    down.close_dst(1012, "backend went away");
+                    up.close_dst(1001, "backend went away");
+                }
+                Wake::CloseTimeout => break,
             }
-            drop(upstream);
-            drop(down);
-            RelayEnd::BackendGone(Box::new(Detached {
-                client,
-                up,
-                report,
-                planned,
-            }))
+            if !closing
+                && (up.dst_closed
+                    || down.dst_closed
+                    || up.is_done()
+                    || down.is_done()
+                    || !report.closed_by.is_empty())
+            {
+                closing = true;
+                deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
+            }
         }
-    }
+        report.bytes_up = up.bytes;
+        report.bytes_down = base.bytes_down + down.bytes;
+        report.messages_up = up.messages();
+        report.messages_down = base.messages_down + down.messages();
+        report.messages_dropped = up.dropped();
+        match gone {
+            None => RelayEnd::Closed(report),
+            Some(planned) => {
+                if planned {
+                    // Parked at a client frame boundary: tell the old backend, best effort.
+                    use tokio::io::AsyncWriteExt;
+                    let bye = frame::ControlFrame::close(1012, "session moved", true);
+                    let _ = tokio::time::timeout(
+                        settings.close_timeout.min(Duration::from_secs(1)),
+                        async {
+                            upstream.write_all(bye.as_bytes()).await?;
+                            upstream.shutdown().await
+                        },
+                    )
+                    .await;
+                }
+                drop(upstream);
+                drop(down);
+                RelayEnd::BackendGone(Box::new(Detached {
+                    client,
+                    up,
+                    report,
+                    planned,
+                }))
+            }
+        }
     }
 }

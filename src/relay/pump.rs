@@ -71,12 +71,14 @@ pub(crate) struct Pump {
     filled: usize,
     after: After,
     state: State,
-    inject: Option<ControlFrame>,
+    /// Boxed, as is `queued_close`: a control frame is 132 bytes and is needed only for
+    /// the moment wsgate injects one, so idle sockets do not carry the space.
+    inject: Option<Box<ControlFrame>>,
     inject_pos: usize,
     /// The injected frame is a close: nothing is forwarded after it.
     inject_closes: bool,
     /// A close waiting for a half-written ping to finish.
-    queued_close: Option<ControlFrame>,
+    queued_close: Option<Box<ControlFrame>>,
     /// Close frame sent to the source's peer when the source vanishes without one.
     on_vanish: (u16, &'static str),
     /// Whether frames written toward the destination must be masked.
@@ -177,7 +179,7 @@ impl Pump {
             self.shut_dst = true;
             return;
         }
-        let close = ControlFrame::close(code, reason, self.mask_to_dst);
+        let close = Box::new(ControlFrame::close(code, reason, self.mask_to_dst));
         if self.inject.is_some() && self.inject_pos > 0 {
             // A ping is half written: the close follows it, never cuts into it.
             self.queued_close = Some(close);
@@ -196,7 +198,7 @@ impl Pump {
         if self.dst_closed || self.inject.is_some() || self.state == State::Done {
             return;
         }
-        self.inject = Some(ControlFrame::ping(self.mask_to_dst));
+        self.inject = Some(Box::new(ControlFrame::ping(self.mask_to_dst)));
         self.inject_closes = false;
         self.inject_pos = 0;
         if !self.scanner.at_boundary() {
@@ -541,7 +543,11 @@ impl Pump {
         if !self.dst_closed && self.scanner.at_boundary() {
             if !(self.inject.is_some() && self.inject_closes) {
                 let (code, reason) = self.on_vanish;
-                self.inject = Some(ControlFrame::close(code, reason, self.mask_to_dst));
+                self.inject = Some(Box::new(ControlFrame::close(
+                    code,
+                    reason,
+                    self.mask_to_dst,
+                )));
                 self.inject_closes = true;
                 self.inject_pos = 0;
             }

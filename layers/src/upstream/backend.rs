@@ -436,7 +436,10 @@ mod tests {
         let mut now = now_ms();
         for want in [2, 4, 5, 5] {
             now += 10_000;
-            assert_eq!(b.record_failure_at(now, base, max), Duration::from_secs(want));
+            assert_eq!(
+                b.record_failure_at(now, base, max),
+                Duration::from_secs(want)
+            );
         }
         assert_eq!(b.ejections(), 5);
         b.record_success();

@@ -471,7 +471,10 @@ mod tests {
         bs[2].record_success();
         assert!(bs[2].is_available());
         bs[2].set_healthy(false);
-        assert!(up.candidates(None).is_empty(), "down and draining are never chosen");
+        assert!(
+            up.candidates(None).is_empty(),
+            "down and draining are never chosen"
+        );
     }
 
     #[test]
