@@ -167,9 +167,13 @@ async fn a_four_byte_character_split_across_fragments_reads_and_a_ping_passes_by
         );
     }
     // The message passed; the socket still works and closes normally.
-    c.write_all(&masked_frame_with_key(0x88, &close_payload(1000, b"bye"), KEY))
-        .await
-        .unwrap();
+    c.write_all(&masked_frame_with_key(
+        0x88,
+        &close_payload(1000, b"bye"),
+        KEY,
+    ))
+    .await
+    .unwrap();
     assert_eq!(backend_close(&mut b).await, (1000, "bye".into()));
     assert_no_leak_after(&g, c, b).await;
 }
@@ -243,9 +247,13 @@ async fn a_close_reason_that_is_not_utf8_is_refused_with_1007() {
     let (mut c, mut b) = pair(&g, &l).await;
     // Autobahn 7.5.1's reason: "κόσμε" with a UTF-16 surrogate (ed a0 80) inside.
     let reason = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited";
-    c.write_all(&masked_frame_with_key(0x88, &close_payload(1000, reason), KEY))
-        .await
-        .unwrap();
+    c.write_all(&masked_frame_with_key(
+        0x88,
+        &close_payload(1000, reason),
+        KEY,
+    ))
+    .await
+    .unwrap();
     assert_eq!(client_close(&mut c).await.0, 1007);
     // The backend gets wsgate's 1007, not the client's close.
     assert_eq!(backend_close(&mut b).await.0, 1007);
@@ -274,9 +282,13 @@ async fn close_codes_no_peer_may_send_are_refused_with_1002_and_registered_ones_
     }
     for code in [1000u16, 1003, 1007, 1011, 1012, 1014, 3000, 4999] {
         let (mut c, mut b) = pair(&g, &l).await;
-        c.write_all(&masked_frame_with_key(0x88, &close_payload(code, b"ok"), KEY))
-            .await
-            .unwrap();
+        c.write_all(&masked_frame_with_key(
+            0x88,
+            &close_payload(code, b"ok"),
+            KEY,
+        ))
+        .await
+        .unwrap();
         assert_eq!(backend_close(&mut b).await, (code, "ok".into()));
         assert_no_leak_after(&g, c, b).await;
     }
