@@ -37,6 +37,7 @@ pub mod fuzzing;
 mod handshake;
 pub mod hygiene;
 mod layers;
+mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod relay;

@@ -184,6 +184,10 @@ pub async fn start_with(
             listeners.clone(),
         ));
     }
+    listeners.spawn(crate::memory::trim_after_closes(
+        metrics.clone(),
+        stop_accepting.clone(),
+    ));
     let ready = Arc::new(AtomicBool::new(true));
     let admin = match cfg.server.admin {
         Some(addr) => {

@@ -457,6 +457,7 @@ impl Deadlines {
 /// in every socket's task for its whole life (the task future is most of what an idle
 /// socket costs).
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::manual_async_fn)]
 fn run<'a>(
     mut client: Stream,
     mut upstream: Stream,
