@@ -48,7 +48,7 @@ enum Cmd {
         /// The HAProxy binary.
         #[arg(long, default_value = "haproxy")]
         haproxy: PathBuf,
-        /// Comma-separated: direct, wsgate, wsgate-log, wsgate-limits, nginx-default,
+        /// Comma-separated: direct, wsgate, wsgate-log, wsgate-limits, wsgate-pool, nginx-default,
         /// nginx-tuned, haproxy-default, haproxy-tuned.
         #[arg(long, value_delimiter = ',')]
         targets: Vec<String>,
@@ -136,6 +136,7 @@ fn main() {
                     "wsgate",
                     "wsgate-log",
                     "wsgate-limits",
+                    "wsgate-pool",
                     "nginx-default",
                     "nginx-tuned",
                     "haproxy-default",

@@ -28,6 +28,9 @@ pub enum Kind {
         log: bool,
         /// `/ws` has a `[route.rate_limit]` (set never to refuse): what the limiter costs.
         limits: bool,
+        /// The upstream keeps a warm pool (`min_idle` connected sockets): what the pool
+        /// saves on a handshake.
+        pool: bool,
     },
     /// nginx.
     Nginx {
@@ -49,14 +52,22 @@ impl Kind {
             "wsgate" => Kind::Wsgate {
                 log: false,
                 limits: false,
+                pool: false,
             },
             "wsgate-log" => Kind::Wsgate {
                 log: true,
                 limits: false,
+                pool: false,
             },
             "wsgate-limits" => Kind::Wsgate {
                 log: false,
                 limits: true,
+                pool: false,
+            },
+            "wsgate-pool" => Kind::Wsgate {
+                log: false,
+                limits: false,
+                pool: true,
             },
             "nginx-default" => Kind::Nginx { tuned: false },
             "nginx-tuned" => Kind::Nginx { tuned: true },
@@ -72,6 +83,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Wsgate { log: true, .. } => "wsgate-log",
             Kind::Wsgate { limits: true, .. } => "wsgate-limits",
+            Kind::Wsgate { pool: true, .. } => "wsgate-pool",
             Kind::Wsgate { .. } => "wsgate",
             Kind::Nginx { tuned: false } => "nginx-default",
             Kind::Nginx { tuned: true } => "nginx-tuned",
@@ -148,6 +160,10 @@ pub fn free_port() -> std::io::Result<u16> {
 pub const NEVER_REFUSING_LIMITS: &str = "[route.rate_limit]\nper_ip = \"1000000/s\"\n\
      burst = 1000000\nmax_connections_per_ip = 1000000\nmax_connections = 1000000\n";
 
+/// `[upstream.pool]` for the `wsgate-pool` target: more warm connections than the churn
+/// scenario's concurrency (32), so a handshake finds one ready when the pool keeps up.
+pub const WARM_POOL: &str = "\n[upstream.pool]\nmin_idle = 48\n";
+
 /// Writes wsgate's configuration: `/ws` plain (or with [`NEVER_REFUSING_LIMITS`]),
 /// `/jwt` with `[route.jwt]`.
 pub fn wsgate_config(
@@ -155,11 +171,13 @@ pub fn wsgate_config(
     backend: SocketAddr,
     jwt_keys: &[PathBuf],
     limits: bool,
+    pool: bool,
 ) -> String {
     let mut s = format!(
         "[server]\nlisten = \"{listen}\"\n\n\
-         [[upstream]]\nname = \"echo\"\nbackends = [\"ws://{backend}\"]\n\n\
-         [[route]]\npath = \"/ws\"\nupstream = \"echo\"\n"
+         [[upstream]]\nname = \"echo\"\nbackends = [\"ws://{backend}\"]\n{pool}\n\
+         [[route]]\npath = \"/ws\"\nupstream = \"echo\"\n",
+        pool = if pool { WARM_POOL } else { "" },
     );
     if limits {
         s.push_str(NEVER_REFUSING_LIMITS);
@@ -254,9 +272,13 @@ pub fn start(kind: Kind, backend: SocketAddr, l: &Launch) -> std::io::Result<Run
         Kind::Wsgate {
             log: with_log,
             limits,
+            pool,
         } => {
             let cfg = dir.join("wsgate.toml");
-            fs::write(&cfg, wsgate_config(listen, backend, &l.jwt_keys, limits))?;
+            fs::write(
+                &cfg,
+                wsgate_config(listen, backend, &l.jwt_keys, limits, pool),
+            )?;
             cmd.arg(&l.wsgate)
                 .arg("--threads")
                 .arg("1")

@@ -40,7 +40,7 @@ fn every_scenario_runs_through_wsgate_without_errors() {
         let cfg_path = dir.path().join("wsgate.toml");
         std::fs::write(
             &cfg_path,
-            targets::wsgate_config(listen, backend, &publics, false),
+            targets::wsgate_config(listen, backend, &publics, false, false),
         )
         .expect("write config");
         let cfg = wsgate::config::Config::load(&cfg_path).expect("config loads");
@@ -53,6 +53,7 @@ fn every_scenario_runs_through_wsgate_without_errors() {
                 Kind::Wsgate {
                     log: false,
                     limits: false,
+                    pool: false,
                 },
                 gate.listen[0],
                 me,
