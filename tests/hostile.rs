@@ -553,26 +553,6 @@ async fn raw_ws(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// A client frame with the given first byte (FIN, RSV, opcode) and a masked payload.
-fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [0x37, 0xfa, 0x21, 0x3d];
-    let mut v = vec![first];
-    match payload.len() {
-        n if n < 126 => v.push(0x80 | n as u8),
-        n if n < 65536 => {
-            v.push(0x80 | 126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            v.push(0x80 | 127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    v.extend_from_slice(&key);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    v
-}
-
 /// Reads one server frame: (first byte, payload). Server frames must be unmasked.
 async fn read_frame(s: &mut TcpStream, what: &str) -> Option<(u8, Vec<u8>)> {
     let mut h = [0u8; 2];
@@ -606,7 +586,7 @@ async fn hostile_frames_get_their_close_code_quickly_and_a_good_client_follows()
     let backend = ValidatingBackend::start().await;
     let g = gate_over(&backend).await; // max_message = 64 KiB
     let addr = g.listen[0];
-    let fragmented_bad_utf8 = [masked(0x01, &[0xce]), masked(0x80, &[0xff])].concat();
+    let fragmented_bad_utf8 = [masked_frame(0x01, &[0xce]), masked_frame(0x80, &[0xff])].concat();
     let mut cases: Vec<(String, Vec<u8>, u16)> = vec![
         (
             "unmasked text frame".into(),
@@ -625,26 +605,38 @@ async fn hostile_frames_get_their_close_code_quickly_and_a_good_client_follows()
             ],
             1002,
         ),
-        ("fragmented ping".into(), masked(0x09, b""), 1002),
-        ("fragmented close".into(), masked(0x08, &[3, 232]), 1002),
-        ("ping of 126 bytes".into(), masked(0x89, &[0; 126]), 1002),
-        ("RSV1 without an extension".into(), masked(0xc1, b"x"), 1002),
-        ("RSV2".into(), masked(0xa1, b"x"), 1002),
-        ("RSV3".into(), masked(0x91, b"x"), 1002),
-        ("RSV1 on a ping".into(), masked(0xc9, b""), 1002),
+        ("fragmented ping".into(), masked_frame(0x09, b""), 1002),
+        (
+            "fragmented close".into(),
+            masked_frame(0x08, &[3, 232]),
+            1002,
+        ),
+        (
+            "ping of 126 bytes".into(),
+            masked_frame(0x89, &[0; 126]),
+            1002,
+        ),
+        (
+            "RSV1 without an extension".into(),
+            masked_frame(0xc1, b"x"),
+            1002,
+        ),
+        ("RSV2".into(), masked_frame(0xa1, b"x"), 1002),
+        ("RSV3".into(), masked_frame(0x91, b"x"), 1002),
+        ("RSV1 on a ping".into(), masked_frame(0xc9, b""), 1002),
         (
             "continuation with no message".into(),
-            masked(0x80, b"x"),
+            masked_frame(0x80, b"x"),
             1002,
         ),
         (
             "text inside a fragmented message".into(),
-            [masked(0x01, b"a"), masked(0x81, b"b")].concat(),
+            [masked_frame(0x01, b"a"), masked_frame(0x81, b"b")].concat(),
             1002,
         ),
         (
             "close with a 1-byte payload".into(),
-            masked(0x88, &[3]),
+            masked_frame(0x88, &[3]),
             1002,
         ),
         (
@@ -655,17 +647,21 @@ async fn hostile_frames_get_their_close_code_quickly_and_a_good_client_follows()
         ),
         (
             "fragments adding up over max_message".into(),
-            [masked(0x02, &[1; 40000]), masked(0x80, &[2; 40000])].concat(),
+            [
+                masked_frame(0x02, &[1; 40000]),
+                masked_frame(0x80, &[2; 40000]),
+            ]
+            .concat(),
             1009,
         ),
         (
             "invalid UTF-8 in a text frame".into(),
-            masked(0x81, b"ok \xff\xfe"),
+            masked_frame(0x81, b"ok \xff\xfe"),
             1007,
         ),
         (
             "UTF-16 surrogate in a text frame".into(),
-            masked(0x81, b"\xed\xa0\x80"),
+            masked_frame(0x81, b"\xed\xa0\x80"),
             1007,
         ),
         (
@@ -675,19 +671,19 @@ async fn hostile_frames_get_their_close_code_quickly_and_a_good_client_follows()
         ),
         (
             "close with the reserved code 1005".into(),
-            masked(0x88, &1005u16.to_be_bytes()),
+            masked_frame(0x88, &1005u16.to_be_bytes()),
             1002,
         ),
         (
             "close with code 999".into(),
-            masked(0x88, &999u16.to_be_bytes()),
+            masked_frame(0x88, &999u16.to_be_bytes()),
             1002,
         ),
     ];
     for op in [3u8, 4, 5, 6, 7, 0xb, 0xc, 0xd, 0xe, 0xf] {
         cases.push((
             format!("reserved opcode {op:#x}"),
-            masked(0x80 | op, b""),
+            masked_frame(0x80 | op, b""),
             1002,
         ));
     }
@@ -695,7 +691,7 @@ async fn hostile_frames_get_their_close_code_quickly_and_a_good_client_follows()
         let mut s = raw_ws(addr).await;
         // A good message first: the socket works, and nothing before the hostile bytes
         // is judged by them.
-        s.write_all(&masked(0x81, b"before")).await.unwrap();
+        s.write_all(&masked_frame(0x81, b"before")).await.unwrap();
         assert_eq!(
             read_frame(&mut s, name).await,
             Some((0x81, b"before".to_vec())),
@@ -715,7 +711,7 @@ async fn hostile_frames_get_their_close_code_quickly_and_a_good_client_follows()
         assert_eq!(code, *want, "{name}");
         assert!(took < QUICK, "{name}: close after {took:?}");
         // The close is answered, and then wsgate must not leave the socket half open.
-        let _ = s.write_all(&masked(0x88, &code.to_be_bytes())).await;
+        let _ = s.write_all(&masked_frame(0x88, &code.to_be_bytes())).await;
         until_eof(&mut s, name).await;
         served_normally(&g, name).await;
     }
@@ -729,7 +725,9 @@ async fn invalid_utf8_reaches_a_validating_backend_untouched_and_its_1007_reache
     let backend = ValidatingBackend::start().await;
     let g = gate_over_with(&backend, "[relay]\nvalidate_utf8 = false").await;
     let mut s = raw_ws(g.listen[0]).await;
-    s.write_all(&masked(0x81, &[0xc3, 0x28])).await.unwrap();
+    s.write_all(&masked_frame(0x81, &[0xc3, 0x28]))
+        .await
+        .unwrap();
     let (first, p) = read_frame(&mut s, "invalid UTF-8")
         .await
         .expect("a close frame");
