@@ -205,6 +205,30 @@ async fn raw_backend() -> (tokio::net::TcpListener, String) {
     (l, url)
 }
 
+/// A resume-mode gate over a raw backend (tried first) and a `whoami` backend `b`, with
+/// one client upgraded through it. `cfg` gets the config text to adjust. Returns the
+/// gate, `b`, the client socket and the raw backend's socket.
+async fn client_on_raw_backend(
+    cfg: impl FnOnce(String) -> String,
+) -> (
+    wsgate::server::Running,
+    Backend,
+    tokio::net::TcpStream,
+    tokio::net::TcpStream,
+) {
+    let (l, raw_url) = raw_backend().await;
+    let b = Backend::start(BackendOpts::named("b")).await;
+    let g = gate(&cfg(config(
+        &[&raw_url, &b.url],
+        "resume_notice = \"resync\"",
+    )))
+    .await;
+    let backend = tokio::spawn(async move { accept_raw_upgrade(&l, "").await.0 });
+    let client = raw_ws(g.listen[0]).await;
+    let up = backend.await.unwrap();
+    (g, b, client, up)
+}
+
 /// Reads everything until EOF (at most 5 s): what the client got after the 101.
 async fn read_to_eof(s: &mut tokio::net::TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
@@ -231,17 +255,10 @@ fn never_asked(b: &mut Backend) {
 #[tokio::test]
 async fn a_backend_dying_inside_a_frame_is_not_resumed_and_the_client_is_cut_at_once() {
     use tokio::io::AsyncWriteExt;
-    let (l, raw_url) = raw_backend().await;
-    let mut b = Backend::start(BackendOpts::named("b")).await;
     // A long close timeout: the client must not be waiting for it.
-    let g = gate(
-        &config(&[&raw_url, &b.url], "")
-            .replace("close_timeout = \"2s\"", "close_timeout = \"30s\""),
-    )
-    .await;
-    let backend = tokio::spawn(async move { accept_raw_upgrade(&l, "").await.0 });
-    let mut client = raw_ws(g.listen[0]).await;
-    let mut up = backend.await.unwrap();
+    let (g, mut b, mut client, mut up) =
+        client_on_raw_backend(|c| c.replace("close_timeout = \"2s\"", "close_timeout = \"30s\""))
+            .await;
     // A binary frame announcing 100 bytes, of which 10 are sent; then the backend dies.
     let mut half = vec![0x82, 100];
     half.extend_from_slice(b"0123456789");
@@ -269,12 +286,7 @@ async fn a_backend_dying_inside_a_frame_is_not_resumed_and_the_client_is_cut_at_
 #[tokio::test]
 async fn a_backend_dying_inside_a_fragmented_message_is_not_resumed_and_the_client_gets_1012() {
     use tokio::io::AsyncWriteExt;
-    let (l, raw_url) = raw_backend().await;
-    let mut b = Backend::start(BackendOpts::named("b")).await;
-    let g = gate(&config(&[&raw_url, &b.url], "resume_notice = \"resync\"")).await;
-    let backend = tokio::spawn(async move { accept_raw_upgrade(&l, "").await.0 });
-    let mut client = raw_ws(g.listen[0]).await;
-    let mut up = backend.await.unwrap();
+    let (g, mut b, mut client, mut up) = client_on_raw_backend(|c| c).await;
     // The first fragment of a text message (FIN = 0), whole; then the backend dies.
     let mut first = vec![0x01, 6];
     first.extend_from_slice(b"part-1");
@@ -303,12 +315,7 @@ async fn a_backend_dying_inside_a_fragmented_message_is_not_resumed_and_the_clie
 #[tokio::test]
 async fn a_backend_dying_while_a_client_frame_is_half_forwarded_is_resumed_without_that_message() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (l, raw_url) = raw_backend().await;
-    let mut b = Backend::start(BackendOpts::named("b")).await;
-    let g = gate(&config(&[&raw_url, &b.url], "resume_notice = \"resync\"")).await;
-    let backend = tokio::spawn(async move { accept_raw_upgrade(&l, "").await.0 });
-    let mut client = raw_ws(g.listen[0]).await;
-    let mut up = backend.await.unwrap();
+    let (g, mut b, mut client, mut up) = client_on_raw_backend(|c| c).await;
     // A 20-byte text frame of which the client sends the header and 5 payload bytes.
     let whole = masked_frame(0x81, b"lost-lost-lost-lost!");
     let cut = 2 + 4 + 5;
