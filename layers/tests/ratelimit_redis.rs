@@ -78,6 +78,28 @@ impl RedisServer {
         let _ = self.child.kill().await;
     }
 
+    async fn del(&self, key: &str) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("DEL")
+            .arg(key)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    async fn members(&self, key: &str) -> Vec<String> {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("ZRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
     async fn zcard(&self, key: &str) -> u64 {
         let client = redis::Client::open(self.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -220,6 +242,22 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = u64>,
 {
+    async fn await_at_least(mut self, want: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = (self.f)().await;
+            if got >= want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {}: {got} < {want}",
+                self.what
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn await_eq(mut self, want: u64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -271,6 +309,54 @@ async fn leases_are_renewed_while_open_and_a_crashed_instance_s_leases_expire() 
     held.send(tungstenite::Message::text("still here"))
         .await
         .unwrap();
+    redis.stop().await;
+}
+
+/// An instance whose lease expired while it could not renew (here: removed behind its
+/// back, as another instance's admission prunes an expired lease) must not put it back
+/// when it renews again: the slot belongs to whoever took it since.
+#[tokio::test]
+async fn an_expired_lease_is_not_resurrected_by_a_later_renewal() {
+    let mut redis = RedisServer::start().await;
+    let store_a = RedisLimits::builder(redis.url())
+        .lease_ttl(Duration::from_secs(5))
+        .heartbeat(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let store_b = RedisLimits::builder(redis.url()).build().unwrap();
+    let layer_a = ConnectionLimitLayer::new().per_ip(1).redis(store_a.clone());
+    let limits_a = layer_a.limits().clone();
+    let a = serve(conn_app(layer_a)).await;
+    let b = serve(conn_app(
+        ConnectionLimitLayer::new().per_ip(1).redis(store_b.clone()),
+    ))
+    .await;
+    let _held_a = ws_from("127.0.0.2", a.addr).await.unwrap();
+    let key = store_a.connection_key_for_ip(&limits_a, "127.0.0.2".parse().unwrap());
+    assert_eq!(redis.zcard(&key).await, 1);
+
+    // A's lease is gone from Redis; B's client takes the slot.
+    redis.del(&key).await;
+    let _held_b = ws_from("127.0.0.2", b.addr).await.unwrap();
+    let before = store_a.stats().lost();
+    until_eq("A's heartbeat to find its lease gone", || async {
+        store_a.stats().lost() - before
+    })
+    .await_at_least(1)
+    .await;
+    // Two more renewals after that: a resurrected lease would be back by now.
+    let renewed = store_a.stats().renewed();
+    until_eq("two more renewals", || async {
+        store_a.stats().renewed() - renewed
+    })
+    .await_at_least(2)
+    .await;
+    let members = redis.members(&key).await;
+    assert_eq!(members.len(), 1, "over the limit: {members:?}");
+    assert!(
+        members[0].starts_with(store_b.instance()),
+        "the slot went back to A: {members:?}"
+    );
     redis.stop().await;
 }
 

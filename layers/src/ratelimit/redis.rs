@@ -15,7 +15,10 @@
 //! set, atomically in one script. The instance's background task renews the leases of
 //! its open sockets every `heartbeat` and removes a lease when its guard drops. A
 //! crashed instance stops renewing: its leases expire after `lease_ttl` and the slots
-//! come back by themselves.
+//! come back by themselves. A renewal never re-adds a lease that already expired (an
+//! instance cut off from Redis for longer than the TTL): other instances may have taken
+//! the slot since, and re-adding it would push the key over its limit
+//! ([`RedisStats::lost`] counts these).
 //!
 //! **Redis unreachable.** Every call is bounded by `timeout`. [`FailMode::Open`] falls
 //! back to the layer's local limits (per instance); [`FailMode::Closed`] refuses with
@@ -84,11 +87,17 @@ if redis.replicate_commands then redis.replicate_commands() end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local ttl = tonumber(ARGV[1])
+local lost = 0
 for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
-  redis.call('PEXPIRE', key, ttl)
+  local until_ms = redis.call('ZSCORE', key, ARGV[i + 1])
+  if until_ms and tonumber(until_ms) > now then
+    redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
+    redis.call('PEXPIRE', key, ttl)
+  else
+    lost = lost + 1
+  end
 end
-return #KEYS
+return lost
 "#;
 
 /// What to do when Redis cannot be reached.
@@ -108,6 +117,7 @@ pub struct RedisStats {
     fail_open: AtomicU64,
     fail_closed: AtomicU64,
     renewed: AtomicU64,
+    lost: AtomicU64,
     released: AtomicU64,
 }
 
@@ -130,6 +140,14 @@ impl RedisStats {
     /// Leases renewed by the heartbeat.
     pub fn renewed(&self) -> u64 {
         self.renewed.load(Ordering::Relaxed)
+    }
+
+    /// Leases the heartbeat found already expired or gone (this instance could not
+    /// reach Redis for longer than the lease TTL, and other instances may have taken
+    /// the slots since). They are not put back: that would push a key over its limit.
+    /// The sockets stay open, uncounted in Redis, until they close.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Leases removed from Redis after their socket closed.
@@ -524,7 +542,14 @@ async fn heartbeat_task(
                         n += 1;
                     }
                     match tokio::time::timeout(timeout, call.invoke_async::<i64>(&mut conn)).await {
-                        Ok(Ok(_)) => { stats.renewed.fetch_add(n, Ordering::Relaxed); }
+                        Ok(Ok(lost)) => {
+                            let lost = u64::try_from(lost).unwrap_or(0);
+                            stats.renewed.fetch_add(n, Ordering::Relaxed);
+                            if lost > 0 {
+                                stats.lost.fetch_add(lost, Ordering::Relaxed);
+                                tracing::warn!(lost, "redis leases expired before renewal; not re-added");
+                            }
+                        }
                         Ok(Err(e)) => {
                             stats.errors.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(err = %e, "redis lease renewal failed");
