@@ -33,7 +33,17 @@ cargo build --release -p wsgate --bin wsgate -p wsgate-bench --bin wsgate-bench
 # 3. Descriptors: a proxied socket costs the proxy two; the hard limit sets the ceiling.
 ulimit -n "$(ulimit -Hn)"
 
-# 4. The harness (generator + backend) on core 0, each proxy on core 1.
+# 4. Other work on the machine (builds, editors) must not take the cores from the run.
+# As root, the run gets the highest CPU weight: nice -20, and the same for its scheduling
+# autogroup (with autogroups on, plain nice only ranks processes within one session).
+# Measured with three cargo builds running: the proxy's share of its core went from 0.28
+# to 0.88. A quiet machine is still better; this keeps a busy one usable.
+if [ "$(id -u)" = 0 ]; then
+  echo -20 >/proc/self/autogroup 2>/dev/null || true
+  renice -n -20 -p $$ >/dev/null 2>&1 || true
+fi
+
+# 5. The harness (generator + backend) on core 0, each proxy on core 1.
 cores=$(nproc)
 pin=(taskset -c 0)
 proxy_core=1
