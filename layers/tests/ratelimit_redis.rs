@@ -242,32 +242,25 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = u64>,
 {
-    async fn await_at_least(mut self, want: u64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let got = (self.f)().await;
-            if got >= want {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {}: {got} < {want}",
-                self.what
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    async fn await_at_least(self, want: u64) {
+        self.await_that(|got| got >= want, &format!("at least {want}"))
+            .await
     }
 
-    async fn await_eq(mut self, want: u64) {
+    async fn await_eq(self, want: u64) {
+        self.await_that(|got| got == want, &want.to_string()).await
+    }
+
+    async fn await_that(mut self, ok: impl Fn(u64) -> bool, want: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let got = (self.f)().await;
-            if got == want {
+            if ok(got) {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out waiting for {}: {got} != {want}",
+                "timed out waiting for {}: {got}, want {want}",
                 self.what
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
