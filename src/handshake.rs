@@ -32,10 +32,19 @@ pub(crate) struct ClientHandshake {
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
 pub(crate) fn accept_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(&accept_bytes(key)).into_owned()
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`, on the stack: the handshake path
+/// compares it and copies it into the client's 101 without a heap string.
+pub(crate) fn accept_bytes(key: &[u8]) -> [u8; 28] {
     let mut h = Sha1::new();
     h.update(key);
     h.update(WS_GUID);
-    STANDARD.encode(h.finalize())
+    let mut out = [0u8; 28];
+    // 20 bytes of SHA-1 are always 28 base64 characters.
+    let _ = STANDARD.encode_slice(h.finalize(), &mut out);
+    out
 }
 
 /// True if a comma-separated header has `token` (case-insensitive) among its values.
@@ -94,11 +103,11 @@ pub(crate) fn check_client(
             return Err(HandshakeRejection::Bad("more than one Sec-WebSocket-Key"))
         }
     };
+    let mut raw = [0u8; 18];
     let valid_key = key.len() == 24
         && STANDARD
-            .decode(key.as_bytes())
-            .map(|k| k.len() == 16)
-            .unwrap_or(false);
+            .decode_slice(key.as_bytes(), &mut raw)
+            .is_ok_and(|n| n == 16);
     if !valid_key {
         return Err(HandshakeRejection::Bad(
             "Sec-WebSocket-Key is not 16 base64-encoded bytes",
@@ -176,32 +185,34 @@ fn extension_name(offer: &str) -> &str {
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the ones
 /// wsgate writes itself.
-fn is_managed(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-            | "sec-websocket-key"
-            | "sec-websocket-version"
-            | "sec-websocket-protocol"
-            | "sec-websocket-extensions"
-            | "sec-websocket-accept"
-            | "x-forwarded-for"
-            | "x-forwarded-proto"
-            | "x-forwarded-host"
-            | "x-real-ip"
-            | "forwarded"
-            | "x-request-id"
-    )
+const MANAGED: [&str; 22] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "sec-websocket-accept",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+    "x-request-id",
+];
+
+/// Whether `name` (any case) is one of the [`MANAGED`] headers.
+fn is_managed(name: &str) -> bool {
+    MANAGED.iter().any(|m| m.eq_ignore_ascii_case(name))
 }
 
 /// Names listed in `Connection` are hop-by-hop for this message too.
@@ -211,8 +222,10 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "upgrade")
+        .map(str::trim)
+        // Filtered before lowercasing: the usual `Connection: Upgrade` allocates nothing.
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("upgrade"))
+        .map(str::to_ascii_lowercase)
         .collect()
 }
 
@@ -237,71 +250,102 @@ pub(crate) fn upstream_request(
     client_headers: &HeaderMap,
     fwd: &Forwarding<'_>,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    let mut line = |name: &str, value: &[u8]| {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
+    let rest = upstream_headers(hs, client_headers, fwd);
+    upstream_head("", path_and_query, authority, &rest)
+}
+
+fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request line and `Host` for one backend, followed by `rest` (from
+/// [`upstream_headers`]): one allocation per attempt.
+pub(crate) fn upstream_head(
+    prefix: &str,
+    path_and_query: &str,
+    authority: &str,
+    rest: &[u8],
+) -> Vec<u8> {
+    let mut req =
+        Vec::with_capacity(prefix.len() + path_and_query.len() + authority.len() + rest.len() + 26);
+    req.extend_from_slice(b"GET ");
+    req.extend_from_slice(prefix.as_bytes());
+    req.extend_from_slice(path_and_query.as_bytes());
+    req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    req.extend_from_slice(authority.as_bytes());
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(rest);
+    req
+}
+
+/// Every header line of the upstream request after `Host`, and the blank line that ends
+/// the head. It is the same for every backend tried, so it is built once per handshake,
+/// straight from the borrowed client headers into one buffer.
+pub(crate) fn upstream_headers(
+    hs: &ClientHandshake,
+    client_headers: &HeaderMap,
+    fwd: &Forwarding<'_>,
+) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(384);
+    let line = header_line;
+    line(&mut out, "Connection", b"Upgrade");
+    line(&mut out, "Upgrade", b"websocket");
+    line(&mut out, "Sec-WebSocket-Version", b"13");
+    line(&mut out, "Sec-WebSocket-Key", hs.key.as_bytes());
+    if let Some((first, more)) = hs.protocols.split_first() {
+        out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
+        out.extend_from_slice(first.as_bytes());
+        for p in more {
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(p.as_bytes());
+        }
         out.extend_from_slice(b"\r\n");
-    };
-    line("Host", authority.as_bytes());
-    line("Connection", b"Upgrade");
-    line("Upgrade", b"websocket");
-    line("Sec-WebSocket-Version", b"13");
-    line("Sec-WebSocket-Key", hs.key.as_bytes());
-    if !hs.protocols.is_empty() {
-        line("Sec-WebSocket-Protocol", hs.protocols.join(", ").as_bytes());
     }
     for ext in &hs.extensions {
-        line("Sec-WebSocket-Extensions", ext.as_bytes());
+        line(&mut out, "Sec-WebSocket-Extensions", ext.as_bytes());
     }
     let listed = connection_listed(client_headers);
     for (name, value) in client_headers {
-        if is_managed(name) || listed.iter().any(|l| l == name.as_str()) {
+        if is_managed(name.as_str()) || listed.iter().any(|l| l == name.as_str()) {
             continue;
         }
-        line(name.as_str(), value.as_bytes());
+        line(&mut out, name.as_str(), value.as_bytes());
     }
-    let ip = fwd.client_ip.to_string();
-    let xff = match client_headers
+    // Writes into a Vec cannot fail.
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    match client_headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
     {
         // From a trusted proxy the chain is believed, so it is extended with the hop we
         // saw; from anyone else it is replaced, so a client cannot forge its origin.
-        Some(chain) if fwd.trusted_peer => format!("{chain}, {}", fwd.peer.ip()),
-        _ => ip.clone(),
-    };
-    line("X-Forwarded-For", xff.as_bytes());
-    line("X-Real-IP", ip.as_bytes());
-    let proto: &[u8] = if fwd.tls { b"https" } else { b"http" };
-    line("X-Forwarded-Proto", proto);
+        Some(chain) if fwd.trusted_peer => {
+            let _ = write!(out, "{chain}, {}", fwd.peer.ip());
+        }
+        _ => {
+            let _ = write!(out, "{}", fwd.client_ip);
+        }
+    }
+    let _ = write!(out, "\r\nX-Real-IP: {}\r\n", fwd.client_ip);
+    let proto = if fwd.tls { "https" } else { "http" };
+    let _ = write!(out, "X-Forwarded-Proto: {proto}\r\n");
     let host = fwd.host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic()));
     if let Some(host) = host {
-        line("X-Forwarded-Host", host.as_bytes());
+        let _ = write!(out, "X-Forwarded-Host: {host}\r\n");
     }
-    let for_node = match fwd.client_ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    let _ = match fwd.client_ip {
+        IpAddr::V4(v4) => write!(out, "Forwarded: for={v4};proto={proto}"),
+        IpAddr::V6(v6) => write!(out, "Forwarded: for=\"[{v6}]\";proto={proto}"),
     };
-    let mut forwarded = format!(
-        "for={for_node};proto={}",
-        if fwd.tls { "https" } else { "http" }
-    );
     if let Some(host) = host {
-        forwarded.push_str(";host=\"");
-        forwarded.push_str(host);
-        forwarded.push('"');
+        let _ = write!(out, ";host=\"{host}\"");
     }
-    line("Forwarded", forwarded.as_bytes());
-    line("X-Request-Id", fwd.request_id.as_bytes());
-    let mut req = Vec::with_capacity(out.len() + path_and_query.len() + 20);
-    req.extend_from_slice(b"GET ");
-    req.extend_from_slice(path_and_query.as_bytes());
-    req.extend_from_slice(b" HTTP/1.1\r\n");
-    req.extend_from_slice(&out);
-    req.extend_from_slice(b"\r\n");
-    req
+    let _ = write!(out, "\r\nX-Request-Id: {}\r\n\r\n", fwd.request_id);
+    out
 }
 
 /// The backend's answer to the upgrade.
@@ -311,6 +355,8 @@ pub(crate) enum UpstreamAnswer {
     Switching {
         protocol: Option<HeaderValue>,
         extensions: Option<HeaderValue>,
+        /// The backend's `Sec-WebSocket-Accept`, checked: the client's 101 carries it.
+        accept: [u8; 28],
         /// End-to-end headers of the backend's 101 (e.g. `Set-Cookie`).
         extra: HeaderMap,
         head_len: usize,
@@ -322,6 +368,63 @@ pub(crate) enum UpstreamAnswer {
         head_len: usize,
         content_length: Option<usize>,
     },
+}
+
+/// The backend's response headers as httparse left them: read in place, so a 101 whose
+/// headers are all hop-by-hop (the usual case) costs no allocation.
+struct RawHeaders<'h, 'b>(&'h [httparse::Header<'b>]);
+
+impl<'b> RawHeaders<'_, 'b> {
+    /// The first value of `name`.
+    fn get(&self, name: &HeaderName) -> Option<&'b [u8]> {
+        self.0
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .map(|h| h.value)
+    }
+
+    /// True if a comma-separated header has `token` among its values.
+    fn has_token(&self, name: &HeaderName, token: &str) -> bool {
+        self.0
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+            .any(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    }
+
+    /// Whether `name` is hop-by-hop for this message: managed, or listed in `Connection`.
+    fn hop_by_hop(&self, name: &str) -> bool {
+        is_managed(name)
+            || self
+                .0
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .filter_map(|h| std::str::from_utf8(h.value).ok())
+                .flat_map(|s| s.split(','))
+                .map(str::trim)
+                .any(|t| !t.eq_ignore_ascii_case("upgrade") && t.eq_ignore_ascii_case(name))
+    }
+
+    /// The end-to-end headers, minus `skip`.
+    fn end_to_end(&self, skip: &[HeaderName]) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        for h in self.0 {
+            if self.hop_by_hop(h.name)
+                || skip.iter().any(|s| h.name.eq_ignore_ascii_case(s.as_str()))
+            {
+                continue;
+            }
+            // Both were checked by httparse and the caller; a failure here cannot happen,
+            // and would drop the header rather than forward it.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(h.name.as_bytes()),
+                HeaderValue::from_bytes(h.value),
+            ) {
+                out.append(name, value);
+            }
+        }
+        out
+    }
 }
 
 /// Parses the backend's response head from `buf`. `Ok(None)`: need more bytes.
@@ -340,76 +443,68 @@ pub(crate) fn parse_upstream_response(
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or("backend sent no status")?;
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "bad header name")?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| "bad header value")?;
-        headers.append(name, value);
+    let headers = RawHeaders(resp.headers);
+    // httparse admits only token names (which `http` accepts too); values are checked
+    // with `http`'s rule here because a refusal's headers are passed on.
+    for h in headers.0 {
+        if h.value
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return Err("bad header value");
+        }
     }
     if status != StatusCode::SWITCHING_PROTOCOLS {
         let content_length = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
+            .get(&header::CONTENT_LENGTH)
+            .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.trim().parse().ok());
-        let listed = connection_listed(&headers);
-        let mut passed = HeaderMap::new();
-        for (name, value) in &headers {
-            if !is_managed(name) && !listed.iter().any(|l| l == name.as_str()) {
-                passed.append(name.clone(), value.clone());
-            }
-        }
         return Ok(Some(UpstreamAnswer::Refused {
             status,
-            headers: passed,
+            headers: headers.end_to_end(&[]),
             head_len,
             content_length,
         }));
     }
-    if !header_has_token(&headers, header::UPGRADE, "websocket")
-        || !header_has_token(&headers, header::CONNECTION, "upgrade")
+    if !headers.has_token(&header::UPGRADE, "websocket")
+        || !headers.has_token(&header::CONNECTION, "upgrade")
     {
         return Err("backend's 101 lacks Upgrade: websocket");
     }
-    let expected = accept_key(hs.key.as_bytes());
-    if headers
-        .get(header::SEC_WEBSOCKET_ACCEPT)
-        .map(|v| v.as_bytes())
-        != Some(expected.as_bytes())
-    {
+    let accept = accept_bytes(hs.key.as_bytes());
+    if headers.get(&header::SEC_WEBSOCKET_ACCEPT) != Some(&accept[..]) {
         return Err("backend's Sec-WebSocket-Accept is wrong");
     }
-    let protocol = headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
-    if let Some(p) = &protocol {
-        let chosen = p.to_str().map_err(|_| "bad subprotocol")?.trim();
-        if !hs.protocols.iter().any(|o| o == chosen) {
-            return Err("backend chose a subprotocol the client did not offer");
+    let protocol = match headers.get(&header::SEC_WEBSOCKET_PROTOCOL) {
+        Some(p) => {
+            let chosen = std::str::from_utf8(p)
+                .map_err(|_| "bad subprotocol")?
+                .trim();
+            if !hs.protocols.iter().any(|o| o == chosen) {
+                return Err("backend chose a subprotocol the client did not offer");
+            }
+            Some(HeaderValue::from_bytes(p).map_err(|_| "bad subprotocol")?)
         }
-    }
-    let extensions = headers.get(header::SEC_WEBSOCKET_EXTENSIONS).cloned();
-    if let Some(e) = &extensions {
-        let s = e.to_str().map_err(|_| "bad extension header")?;
-        let all_deflate = s
-            .split(',')
-            .all(|x| extension_name(x).eq_ignore_ascii_case("permessage-deflate"));
-        if hs.extensions.is_empty() || !all_deflate {
-            return Err("backend chose an extension the client did not offer");
+        None => None,
+    };
+    let extensions = match headers.get(&header::SEC_WEBSOCKET_EXTENSIONS) {
+        Some(e) => {
+            let s = std::str::from_utf8(e).map_err(|_| "bad extension header")?;
+            let all_deflate = s
+                .split(',')
+                .all(|x| extension_name(x).eq_ignore_ascii_case("permessage-deflate"));
+            if hs.extensions.is_empty() || !all_deflate {
+                return Err("backend chose an extension the client did not offer");
+            }
+            Some(HeaderValue::from_bytes(e).map_err(|_| "bad extension header")?)
         }
-    }
-    let listed = connection_listed(&headers);
-    let mut extra = HeaderMap::new();
-    for (name, value) in &headers {
-        if !is_managed(name)
-            && !listed.iter().any(|l| l == name.as_str())
-            && name != header::DATE
-            && name != header::SERVER
-        {
-            extra.append(name.clone(), value.clone());
-        }
-    }
+        None => None,
+    };
     Ok(Some(UpstreamAnswer::Switching {
         protocol,
         extensions,
-        extra,
+        accept,
+        extra: headers.end_to_end(&[header::DATE, header::SERVER]),
         head_len,
     }))
 }
@@ -541,5 +636,102 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn upstream_request_is_one_buffer_with_every_header_once() {
+        let mut h = client_headers();
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat, v2"),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static("permessage-deflate; client_max_window_bits, x-unknown"),
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.9"));
+        let hs = check_client(&Method::GET, Version::HTTP_11, &h, false).unwrap();
+        let v6 = Forwarding {
+            client_ip: "2001:db8::1".parse().unwrap(),
+            trusted_peer: true,
+            peer: "[2001:db8::2]:4000".parse().unwrap(),
+            tls: true,
+            request_id: "r1",
+            host: Some("gw.test"),
+        };
+        let rest = upstream_headers(&hs, &h, &v6);
+        let a = upstream_head("/base", "/ws?x=1", "b:9", &rest);
+        let b = upstream_head("", "/ws", "c", &rest);
+        let a = String::from_utf8(a).unwrap();
+        let b = String::from_utf8(b).unwrap();
+        assert!(a.starts_with("GET /base/ws?x=1 HTTP/1.1\r\nHost: b:9\r\nConnection: Upgrade\r\n"));
+        assert!(b.starts_with("GET /ws HTTP/1.1\r\nHost: c\r\nConnection: Upgrade\r\n"));
+        assert_eq!(
+            a.split_once("\r\nConnection").unwrap().1,
+            b.split_once("\r\nConnection").unwrap().1
+        );
+        for line in [
+            "Sec-WebSocket-Protocol: chat, v2\r\n",
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+            // A trusted peer's chain is extended with the hop wsgate saw.
+            "X-Forwarded-For: 192.0.2.9, 2001:db8::2\r\n",
+            "X-Real-IP: 2001:db8::1\r\n",
+            "X-Forwarded-Proto: https\r\n",
+            "X-Forwarded-Host: gw.test\r\n",
+            "Forwarded: for=\"[2001:db8::1]\";proto=https;host=\"gw.test\"\r\n",
+            "X-Request-Id: r1\r\n\r\n",
+        ] {
+            assert_eq!(a.matches(line).count(), 1, "{line:?} in {a}");
+        }
+        assert!(!a.contains("x-unknown"));
+        assert_eq!(a.matches("\r\n\r\n").count(), 1);
+        assert!(a.ends_with("\r\n\r\n"));
+        // The one-call form is the same bytes.
+        let whole = upstream_request("/ws?x=1", "b:9", &hs, &h, &v6);
+        assert_eq!(
+            String::from_utf8(whole).unwrap(),
+            a.replacen("/base/ws", "/ws", 1)
+        );
+    }
+
+    #[test]
+    fn backend_101_headers_are_filtered_in_place() {
+        let hs = check_client(&Method::GET, Version::HTTP_11, &client_headers(), false).unwrap();
+        let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\nX-Hop: secret\r\nDate: now\r\nServer: s\r\nSet-Cookie: a=1\r\nX-App: kept\r\nKeep-Alive: 5\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        match parse_upstream_response(ok, &hs).unwrap().unwrap() {
+            UpstreamAnswer::Switching {
+                accept,
+                extra,
+                protocol,
+                extensions,
+                ..
+            } => {
+                assert_eq!(&accept, b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+                assert_eq!(extra.len(), 2, "{extra:?}");
+                assert_eq!(extra["set-cookie"], "a=1");
+                assert_eq!(extra["x-app"], "kept");
+                assert!(protocol.is_none() && extensions.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        let no_upgrade = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert!(parse_upstream_response(no_upgrade, &hs).is_err());
+        let bad_value = b"HTTP/1.1 403 Forbidden\r\nX-A: a\x01b\r\n\r\n";
+        assert!(parse_upstream_response(bad_value, &hs).is_err());
+        let refused = b"HTTP/1.1 404 Not Found\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nX-Why: gone\r\nTransfer-Encoding: chunked\r\n\r\n";
+        match parse_upstream_response(refused, &hs).unwrap().unwrap() {
+            UpstreamAnswer::Refused {
+                headers,
+                status,
+                content_length,
+                ..
+            } => {
+                assert_eq!(status, StatusCode::NOT_FOUND);
+                assert_eq!(content_length, None);
+                assert_eq!(headers.len(), 1, "{headers:?}");
+                assert_eq!(headers["x-why"], "gone");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -41,14 +41,30 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
     if path.contains('\\') {
         return Err(PathError::EncodedSlash);
     }
+    if !path.contains('%') {
+        // Nothing encoded (the usual case): the raw path is the decoded path, already
+        // UTF-8, with no encoded slash; checked in place, without a decoded copy.
+        return check_decoded(path);
+    }
     let decoded = percent_decode(path.as_bytes())?;
-    if decoded.iter().any(|b| *b < 0x20 || *b == 0x7f) {
+    if has_control(&decoded) {
         return Err(PathError::Control);
     }
     let decoded = std::str::from_utf8(&decoded).map_err(|_| PathError::NotUtf8)?;
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") {
+    let encoded_slash = path
+        .as_bytes()
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"%2f") || w.eq_ignore_ascii_case(b"%5c"));
+    if encoded_slash {
         return Err(PathError::EncodedSlash);
+    }
+    check_decoded(decoded)
+}
+
+/// The checks on a decoded path: no control characters, no dot segments.
+fn check_decoded(decoded: &str) -> Result<(), PathError> {
+    if has_control(decoded.as_bytes()) {
+        return Err(PathError::Control);
     }
     if decoded.split('/').any(|seg| seg == "." || seg == "..") {
         return Err(PathError::DotSegment);
@@ -56,10 +72,22 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
     Ok(())
 }
 
+fn has_control(bytes: &[u8]) -> bool {
+    bytes.iter().any(|b| *b < 0x20 || *b == 0x7f)
+}
+
 /// Checks a query string: valid percent-encoding, no control characters.
 pub fn check_query(query: &str) -> Result<(), PathError> {
-    let decoded = percent_decode(query.replace('+', " ").as_bytes())?;
-    if decoded.iter().any(|b| *b < 0x20 || *b == 0x7f) {
+    // `+` means a space in a query; neither is a control character, so it needs no
+    // translating for this check.
+    if !query.contains('%') {
+        return if has_control(query.as_bytes()) {
+            Err(PathError::Control)
+        } else {
+            Ok(())
+        };
+    }
+    if has_control(&percent_decode(query.as_bytes())?) {
         return Err(PathError::Control);
     }
     Ok(())
@@ -199,6 +227,11 @@ mod tests {
             ("/ws%0d%0aSet-Cookie:x", PathError::Control),
             ("/ws%00", PathError::Control),
             ("/ws%ff", PathError::NotUtf8),
+            // Nothing percent-encoded: checked in place, same verdicts.
+            ("/ws/\u{1}x", PathError::Control),
+            ("/ws/\u{7f}", PathError::Control),
+            ("/a/./b", PathError::DotSegment),
+            ("/a/%2F", PathError::EncodedSlash),
         ];
         for (p, e) in cases {
             assert_eq!(check_path(p), Err(e), "{p}");
@@ -228,5 +261,7 @@ mod tests {
         assert!(only.apply("room=1&x=2").is_err());
         assert!(check_query("a=%zz").is_err());
         assert!(check_query("a=%0a").is_err());
+        assert!(check_query("a=b+c&d=%20").is_ok());
+        assert_eq!(check_query("a=\u{1}"), Err(PathError::Control));
     }
 }

@@ -43,5 +43,7 @@ pub mod proxy;
 pub mod relay;
 pub mod reload;
 pub mod server;
+#[cfg(target_os = "linux")]
+mod sockopt;
 pub mod tls;
 pub mod upstream;

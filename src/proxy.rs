@@ -6,6 +6,7 @@
 //! next candidate the [`UpstreamLayer`](wsgate_layers::UpstreamLayer) chose.
 
 use std::{
+    borrow::Cow,
     future::Future,
     net::SocketAddr,
     sync::{
@@ -36,7 +37,9 @@ use wsgate_layers::{
 
 use crate::{
     error::{text, HandshakeRejection, UpstreamError},
-    handshake::{self, check_client, rsv_bits, upstream_request, Forwarding, UpstreamAnswer},
+    handshake::{
+        check_client, rsv_bits, upstream_head, upstream_headers, Forwarding, UpstreamAnswer,
+    },
     metrics::{Metrics, Outcome},
     relay::{
         frame::text_frame, relay_closing, relay_resumable, relay_resumed, RelayEnd, RelayReport,
@@ -131,25 +134,23 @@ pub(crate) async fn count_refusals(
     resp
 }
 
-async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response) {
+async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
+    // Parts only: the body of an upgrade request is empty, and its fields can then be
+    // borrowed (headers, URI) while the extensions are taken apart, without copies.
+    let (mut req, _) = req.into_parts();
     let extended_connect = req
-        .extensions()
+        .extensions
         .get::<hyper::ext::Protocol>()
         .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
-    let h2 = req.version() == http::Version::HTTP_2;
-    let client_host: Option<String> = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .map(str::to_owned);
-    let hs = match check_client(req.method(), req.version(), req.headers(), extended_connect) {
+    let h2 = req.version == http::Version::HTTP_2;
+    let client_host = client_host(&req.headers, &req.uri);
+    let hs = match check_client(&req.method, req.version, &req.headers, extended_connect) {
         Ok(hs) => hs,
         Err(r) => return (Outcome::BadRequest, r.into_response()),
     };
     if let Some(allowed) = &route.origins {
         let origin = req
-            .headers()
+            .headers
             .get(header::ORIGIN)
             .and_then(|o| o.to_str().ok());
         let ok = origin.is_some_and(|o| {
@@ -168,7 +169,7 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         }
     }
     if let Some(hosts) = &route.hosts {
-        if !host_allowed(client_host.as_deref(), hosts) {
+        if !host_allowed(client_host, hosts) {
             return (
                 Outcome::BadRequest,
                 text(
@@ -178,7 +179,7 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
             );
         }
     }
-    let Some(selected) = req.extensions_mut().remove::<SelectedUpstream>() else {
+    let Some(selected) = req.extensions.remove::<SelectedUpstream>() else {
         return (
             Outcome::NoBackend,
             text(
@@ -188,22 +189,22 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         );
     };
     let peer = req
-        .extensions()
+        .extensions
         .get::<PeerAddr>()
         .map(|p| p.0)
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let client_ip = req
-        .extensions()
+        .extensions
         .get::<ClientIp>()
         .map(|c| c.0)
         .unwrap_or(peer.ip());
-    let trusted_peer = req.extensions().get::<TrustedPeer>().is_some_and(|t| t.0);
-    let tls = req.extensions().get::<ConnMeta>().is_some_and(|m| m.tls);
-    let request_id = request_id(&req, trusted_peer);
-    let path_and_query = match (&route.query, req.uri().query()) {
+    let trusted_peer = req.extensions.get::<TrustedPeer>().is_some_and(|t| t.0);
+    let tls = req.extensions.get::<ConnMeta>().is_some_and(|m| m.tls);
+    let request_id = request_id(&req.headers, trusted_peer);
+    let path_and_query: Cow<'_, str> = match (&route.query, req.uri.query()) {
         (Some(rules), Some(q)) => match rules.apply(q) {
-            Ok(Some(q)) => format!("{}?{q}", req.uri().path()),
-            Ok(None) => req.uri().path().to_string(),
+            Ok(Some(q)) => Cow::Owned(format!("{}?{q}", req.uri.path())),
+            Ok(None) => Cow::Borrowed(req.uri.path()),
             Err(why) => {
                 return (
                     Outcome::BadRequest,
@@ -211,11 +212,7 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
                 )
             }
         },
-        _ => req
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string(),
+        _ => Cow::Borrowed(req.uri.path_and_query().map_or("/", |pq| pq.as_str())),
     };
     let fwd = Forwarding {
         client_ip,
@@ -223,21 +220,23 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         peer,
         tls,
         request_id: &request_id,
-        host: client_host.as_deref(),
+        host: client_host,
     };
 
-    // Failover (bounded tries within a time budget) and passive ejection: upstream/failover.rs.
-    // Owned: a borrow of the request (its body is not Sync) must not live across an await.
-    let mut headers = req.headers().clone();
-    let resume_on = route.connector.resume().is_some();
-    if resume_on {
-        strip_resume_headers(&mut headers);
-    }
+    // With resume on, the client's headers are kept for later handshakes (without any
+    // resume headers the client sent); otherwise they are only borrowed.
+    let resume_headers = route.connector.resume().map(|_| {
+        let mut h = req.headers.clone();
+        strip_resume_headers(&mut h);
+        h
+    });
+    // Everything after `Host` is the same for every backend tried: built once, here.
+    let rest = upstream_headers(&hs, resume_headers.as_ref().unwrap_or(&req.headers), &fwd);
     let request = |backend: &wsgate_layers::Backend| {
         let url = backend.url();
-        let target = format!("{}{}", url.path_prefix(), path_and_query);
-        upstream_request(&target, &url.authority(), &hs, &headers, &fwd)
+        upstream_head(url.path_prefix(), &path_and_query, url.authority(), &rest)
     };
+    // Failover (bounded tries within a time budget) and passive ejection: upstream/failover.rs.
     let attempt = route
         .connector
         .open_any(&selected.candidates, request, &hs, &request_id)
@@ -273,6 +272,7 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
     let UpstreamAnswer::Switching {
         protocol,
         extensions,
+        accept,
         extra,
         ..
     } = answer
@@ -286,12 +286,12 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         );
     };
 
-    if let Some(k) = req.extensions().get::<StickyKey>() {
+    if let Some(k) = req.extensions.get::<StickyKey>() {
         // With `return_on_recovery = false`: remembers a key that failed over.
         selected.upstream.served(&k.0, &backend);
     }
 
-    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+    let Some(on_upgrade) = req.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return (
             Outcome::BadRequest,
             HandshakeRejection::Bad("this connection cannot be upgraded").into_response(),
@@ -310,13 +310,14 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
     if !h2 {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        if let Ok(accept) = HeaderValue::from_str(&handshake::accept_key(hs.key.as_bytes())) {
+        // The backend's accept value, already checked against the client's key.
+        if let Ok(accept) = HeaderValue::from_bytes(&accept) {
             h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
         }
     }
     let mut settings = route.relay.clone();
     settings.rsv_allowed = rsv_bits(extensions.as_ref());
-    if let Some(exp) = req.extensions().get::<TokenExpiry>().filter(|e| e.close) {
+    if let Some(exp) = req.extensions.get::<TokenExpiry>().filter(|e| e.close) {
         settings.expires_at = Some(Instant::now() + exp.remaining());
     }
     // Resume needs the handshake again, with the negotiated subprotocol; never with an
@@ -326,8 +327,11 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         Some(r) if extensions.is_none() => Some(Box::new((
             r.clone(),
             ResumeRequest {
-                path_and_query: path_and_query.clone(),
-                headers: resumed_headers(&headers, &request_id),
+                path_and_query: path_and_query.clone().into_owned(),
+                headers: resumed_headers(
+                    resume_headers.as_ref().unwrap_or(&req.headers),
+                    &request_id,
+                ),
                 hs: resumed_handshake(&hs, protocol.as_ref()),
                 protocol: protocol.clone(),
                 client_ip,
@@ -335,9 +339,9 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
                 peer,
                 tls,
                 session: request_id.clone(),
-                host: client_host.clone(),
+                host: client_host.map(str::to_owned),
             },
-            req.extensions().get::<StickyKey>().map(|k| k.0.clone()),
+            req.extensions.get::<StickyKey>().map(|k| k.0.clone()),
             selected.upstream.clone(),
         ))),
         _ => None,
@@ -349,7 +353,7 @@ async fn proxy(route: &Arc<RouteProxy>, mut req: Request) -> (Outcome, Response)
         h.insert(header::SEC_WEBSOCKET_EXTENSIONS, e);
     }
 
-    let leases = req.extensions_mut().remove::<Leases>();
+    let leases = req.extensions.remove::<Leases>();
     let span = info_span!(
         "ws",
         id = %request_id,
@@ -567,11 +571,18 @@ fn drain_signal(shared: &Shared) -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
+/// The host the client asked for: `Host`, or HTTP/2's `:authority`.
+fn client_host<'a>(headers: &'a http::HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
 /// The request id sent to the backend as `X-Request-Id`: a trusted peer's, or a new one.
-fn request_id(req: &Request, trusted_peer: bool) -> String {
+fn request_id(headers: &http::HeaderMap, trusted_peer: bool) -> String {
     if trusted_peer {
-        if let Some(id) = req
-            .headers()
+        if let Some(id) = headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))

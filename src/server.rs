@@ -25,7 +25,7 @@ use axum::{
 use http::StatusCode;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
@@ -168,9 +168,7 @@ pub async fn start_with(
             .then(|| Arc::<[ipnet::IpNet]>::from(cfg.server.trusted_proxies.clone())),
     };
     for addr in cfg.server.listen.to_vec() {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let l = bind_listener(addr).map_err(|source| StartError::Bind { addr, source })?;
         listen.push(
             l.local_addr()
                 .map_err(|source| StartError::Bind { addr, source })?,
@@ -191,9 +189,7 @@ pub async fn start_with(
     let ready = Arc::new(AtomicBool::new(true));
     let admin = match cfg.server.admin {
         Some(addr) => {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })?;
+            let l = bind_listener(addr).map_err(|source| StartError::Bind { addr, source })?;
             let bound = l
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr, source })?;
@@ -484,6 +480,35 @@ struct ConnOptions {
     proxy_protocol: Option<Arc<[ipnet::IpNet]>>,
 }
 
+/// Accept queue length: bursts of new connections wait in the kernel, not in SYN retries.
+const BACKLOG: u32 = 1024;
+
+/// Binds a listener set up so that each accepted socket needs no setup of its own.
+///
+/// * `TCP_NODELAY` is inherited by accepted sockets on Linux, which saves a `setsockopt`
+///   per connection (elsewhere [`serve_connection`] sets it on each socket).
+/// * `TCP_DEFER_ACCEPT` (Linux): the kernel hands over a connection once the client's
+///   first bytes (the request head, or a TLS ClientHello) have arrived, so a new socket
+///   is readable when wsgate first sees it. A client that connects and stays silent sits
+///   in the kernel's queue for [`DEFER_ACCEPT_SECS`] before it is handed over (and then
+///   gets the usual handshake timeout), holding no descriptor meanwhile.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    #[cfg(target_os = "linux")]
+    crate::sockopt::defer_accept(&socket, DEFER_ACCEPT_SECS)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// How long the kernel holds a connection whose client has sent nothing yet.
+const DEFER_ACCEPT_SECS: u32 = 1;
+
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
@@ -528,6 +553,8 @@ async fn serve_connection(
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
+    // On Linux the socket inherited TCP_NODELAY from its listener (`bind_listener`).
+    #[cfg(not(target_os = "linux"))]
     let _ = stream.set_nodelay(true);
     let peer = match &opts.proxy_protocol {
         None => peer,
@@ -706,5 +733,31 @@ async fn serve_http<I>(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_and_wait_for_the_first_bytes() {
+        let listener = bind_listener(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        // TCP_DEFER_ACCEPT: connected, but silent, so not handed over yet (it would be
+        // after about DEFER_ACCEPT_SECS; well before that here).
+        let early = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(early.is_err(), "a silent client was accepted at once");
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (accepted, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("accepted once the client spoke")
+            .unwrap();
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY not inherited");
+        // The first bytes are there when the socket is handed over.
+        let mut buf = [0u8; 64];
+        assert!(accepted.try_read(&mut buf).unwrap() > 0);
     }
 }

@@ -592,6 +592,11 @@ fn run<'a>(
             match wake {
                 Wake::Pump(from_client, event) => match event {
                     Event::Closed(seen) => {
+                        if from_client {
+                            down.peer_closed = true;
+                        } else {
+                            up.peer_closed = true;
+                        }
                         if report.closed_by.is_empty() {
                             report.closed_by = if from_client { "client" } else { "backend" };
                             report.close_code = seen.code.or(Some(1005));

@@ -92,6 +92,9 @@ pub(crate) struct Pump {
     pub(crate) dst_closed: bool,
     /// The close frame the source sent, if any.
     pub(crate) src_close: Option<CloseSeen>,
+    /// The other direction forwarded its source's close frame: with `src_close` too, the
+    /// close handshake is complete and the relay ends once this pump finishes.
+    pub(crate) peer_closed: bool,
     /// Bytes read from the source.
     pub(crate) bytes: u64,
     /// Bytes read from the source since the relay last looked (idle detection).
@@ -141,6 +144,7 @@ impl Pump {
             src_gone: false,
             dst_closed: false,
             src_close: None,
+            peer_closed: false,
             bytes: 0,
             activity: 0,
             heard: 0,
@@ -521,8 +525,15 @@ impl Pump {
                     }
                 }
                 State::Shutdown => {
-                    // The peer may already be gone; shutting down is best effort.
-                    let _ = ready!(Pin::new(&mut *dst).poll_shutdown(cx));
+                    // After a complete close handshake the relay drops both sockets as
+                    // soon as this pump finishes, and closing a plain TCP socket sends the
+                    // FIN anyway: a shutdown first would be a wasted system call. TLS
+                    // still gets its close_notify.
+                    let handshake_done = self.src_close.is_some() && self.peer_closed;
+                    if !(handshake_done && dst.lends_buffers()) {
+                        // The peer may already be gone; shutting down is best effort.
+                        let _ = ready!(Pin::new(&mut *dst).poll_shutdown(cx));
+                    }
                     self.state = State::Done;
                     if let Some(b) = self.buf.take() {
                         buffer::give(b);

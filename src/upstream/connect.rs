@@ -203,9 +203,11 @@ async fn upgrade(
     };
     stream.write_all(request).await.map_err(io_err)?;
     stream.flush().await.map_err(io_err)?;
-    let mut buf = Vec::with_capacity(1024);
+    // The answer is parsed where it was read: a head that arrives in one read (the usual
+    // case) is never copied. `held` collects a head that arrives in pieces.
     let mut chunk = [0u8; 2048];
-    let answer = loop {
+    let mut held: Vec<u8> = Vec::new();
+    let (answer, rest) = loop {
         let n = stream.read(&mut chunk).await.map_err(io_err)?;
         if n == 0 {
             return Err(UpstreamError::Protocol {
@@ -213,16 +215,31 @@ async fn upgrade(
                 reason: "closed the connection before answering",
             });
         }
-        buf.extend_from_slice(&chunk[..n]);
-        match parse_upstream_response(&buf, hs) {
-            Ok(Some(answer)) => break answer,
-            Ok(None) if buf.len() > MAX_RESPONSE_HEAD => {
+        let data = if held.is_empty() {
+            &chunk[..n]
+        } else {
+            held.extend_from_slice(&chunk[..n]);
+            &held[..]
+        };
+        match parse_upstream_response(data, hs) {
+            Ok(Some(answer)) => {
+                let head_len = match &answer {
+                    UpstreamAnswer::Switching { head_len, .. }
+                    | UpstreamAnswer::Refused { head_len, .. } => *head_len,
+                };
+                break (answer, data[head_len..].to_vec());
+            }
+            Ok(None) if data.len() > MAX_RESPONSE_HEAD => {
                 return Err(UpstreamError::Protocol {
                     backend: url(),
                     reason: "response head too large",
                 })
             }
-            Ok(None) => continue,
+            Ok(None) => {
+                if held.is_empty() {
+                    held.extend_from_slice(&chunk[..n]);
+                }
+            }
             Err(reason) => {
                 return Err(UpstreamError::Protocol {
                     backend: url(),
@@ -232,21 +249,18 @@ async fn upgrade(
         }
     };
     match answer {
-        UpstreamAnswer::Switching { head_len, .. } => {
-            let leftover = buf.split_off(head_len);
-            Ok(Opened::Upgraded {
-                stream,
-                leftover,
-                answer,
-            })
-        }
+        UpstreamAnswer::Switching { .. } => Ok(Opened::Upgraded {
+            stream,
+            leftover: rest,
+            answer,
+        }),
         UpstreamAnswer::Refused {
             status,
             headers,
-            head_len,
             content_length,
+            ..
         } => {
-            let mut body = buf.split_off(head_len);
+            let mut body = rest;
             match content_length {
                 Some(len) if len <= MAX_REFUSAL_BODY => {
                     while body.len() < len {

@@ -115,7 +115,7 @@ impl ResumeRequest {
         };
         let url = backend.url();
         let target = format!("{}{}", url.path_prefix(), self.path_and_query);
-        upstream_request(&target, &url.authority(), &self.hs, &self.headers, &fwd)
+        upstream_request(&target, url.authority(), &self.hs, &self.headers, &fwd)
     }
 }
 

@@ -22,6 +22,8 @@ pub struct BackendUrl {
     host: String,
     port: u16,
     path_prefix: String,
+    /// The `Host` value, computed once: every upstream handshake sends it.
+    authority: String,
     text: String,
 }
 
@@ -65,6 +67,7 @@ impl BackendUrl {
             host: host.to_string(),
             port,
             path_prefix,
+            authority: authority(host, port, secure),
             text: s.to_string(),
         })
     }
@@ -86,18 +89,24 @@ impl BackendUrl {
         &self.path_prefix
     }
     /// The value for the upstream `Host` header.
-    pub fn authority(&self) -> String {
-        let default = if self.secure { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+}
+
+/// The `Host` value for a backend: IPv6 literals in brackets, the port only when it is
+/// not the scheme's default.
+fn authority(host: &str, port: u16, secure: bool) -> String {
+    let default = if secure { 443 } else { 80 };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    if port == default {
+        host
+    } else {
+        format!("{host}:{port}")
     }
 }
 
