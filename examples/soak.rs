@@ -32,7 +32,16 @@ struct Args {
     backends: usize,
     interval: Duration,
     workdir: PathBuf,
+    rounds: usize,
+    kills: bool,
+    reloads: bool,
+    settle: Duration,
+    wrap: Vec<String>,
 }
+
+const USAGE: &str =
+    "flags: --wsgate PATH --minutes M --connections N --backends N --interval-ms MS \
+--workdir DIR --rounds N --no-kills --no-reloads --settle-secs S --wrap 'CMD ARGS'";
 
 fn args() -> Args {
     let mut a = Args {
@@ -42,6 +51,11 @@ fn args() -> Args {
         backends: 3,
         interval: Duration::from_millis(1000),
         workdir: std::env::temp_dir().join(format!("wsgate-soak-{}", std::process::id())),
+        rounds: 1,
+        kills: true,
+        reloads: true,
+        settle: Duration::from_secs(15),
+        wrap: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,7 +69,22 @@ fn args() -> Args {
                 a.interval = Duration::from_millis(value().parse().expect("--interval-ms"))
             }
             "--workdir" => a.workdir = value().into(),
-            other => panic!("unknown flag {other} (--wsgate --minutes --connections --backends --interval-ms --workdir)"),
+            // Several rounds of `--minutes` each in the same wsgate process: if RSS after
+            // round 2 is where it was after round 1, what stays is reused, not leaked.
+            "--rounds" => a.rounds = value().parse::<usize>().expect("--rounds").max(1),
+            "--no-kills" => a.kills = false,
+            "--no-reloads" => a.reloads = false,
+            "--settle-secs" => {
+                a.settle = Duration::from_secs(value().parse().expect("--settle-secs"))
+            }
+            // Run wsgate under a tool, e.g. --wrap "heaptrack -o /tmp/ht/x"; the figures
+            // are read from the wsgate process the tool starts.
+            "--wrap" => a.wrap = value().split_whitespace().map(String::from).collect(),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => panic!("unknown flag {other} ({USAGE})"),
         }
     }
     a
@@ -149,6 +178,8 @@ struct Usage {
     rss_kib: u64,
     threads: u64,
     active: u64,
+    /// Tasks alive in wsgate's runtime (`wsgate_runtime_tasks_alive`).
+    tasks: u64,
 }
 
 async fn usage(pid: u32, admin: u16) -> Usage {
@@ -165,17 +196,20 @@ async fn usage(pid: u32, admin: u16) -> Usage {
             .unwrap_or(0)
     };
     let metrics = http_get(admin, "/metrics").await.unwrap_or_default();
-    let active = metrics
-        .lines()
-        .find(|l| l.starts_with("wsgate_connections_active "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(u64::MAX);
+    let gauge = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ')))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
     Usage {
         fds,
         rss_kib: field("VmRSS:"),
         threads: field("Threads:"),
-        active,
+        active: gauge("wsgate_connections_active"),
+        tasks: gauge("wsgate_runtime_tasks_alive"),
     }
 }
 
@@ -377,44 +411,315 @@ fn percentile(v: &mut [u64], p: f64) -> u64 {
     v[((v.len() - 1) as f64 * p) as usize]
 }
 
+/// wsgate's own process id: the child itself, or with `--wrap` the `wsgate` process the
+/// tool started under it (found through `/proc`).
+async fn gate_pid(child: &Child, wrapped: bool) -> u32 {
+    if !wrapped {
+        return child.id();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = descendant_named(child.id(), "wsgate") {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no wsgate process under the wrapper"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn descendant_named(root: u32, name: &str) -> Option<u32> {
+    // (pid, parent, command name) of every process.
+    let procs: Vec<(u32, u32, String)> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (head, tail) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_string();
+            let ppid = tail.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid, comm))
+        })
+        .collect();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (pid, ppid, comm) in &procs {
+            if *ppid == p {
+                if comm == name {
+                    return Some(*pid);
+                }
+                frontier.push(*pid);
+            }
+        }
+    }
+    None
+}
+
+/// Backend kills and config reloads, kept across rounds.
+struct Chaos {
+    wsgate: PathBuf,
+    cfg_path: PathBuf,
+    gate_port: u16,
+    admin_port: u16,
+    /// Every backend's port; the last one joins and leaves on reloads.
+    ports: Vec<u16>,
+    backends: Vec<Child>,
+    with_extra: bool,
+    kills: u32,
+    reloads: u32,
+    next_kill: Option<Instant>,
+    next_reload: Option<Instant>,
+}
+
+impl Chaos {
+    fn base(&self) -> &[u16] {
+        &self.ports[..self.ports.len() - 1]
+    }
+
+    /// Does whatever is due: kill and restart a backend, reload the config.
+    async fn tick(&mut self, pid: u32) {
+        let now = Instant::now();
+        if self.next_kill.is_some_and(|t| now >= t) {
+            let i = fastrand::usize(..self.ports.len() - 1);
+            let _ = self.backends[i].kill(); // SIGKILL: a crash, no close frames
+            let _ = self.backends[i].wait();
+            self.kills += 1;
+            tokio::time::sleep(Duration::from_millis(500 + fastrand::u64(..2500))).await;
+            self.backends[i] = spawn_backend(&self.wsgate, self.ports[i], i);
+            self.next_kill = Some(Instant::now() + Duration::from_secs(5 + fastrand::u64(..15)));
+        }
+        if self.next_reload.is_some_and(|t| now >= t) {
+            self.with_extra = !self.with_extra;
+            let list = if self.with_extra {
+                &self.ports[..]
+            } else {
+                self.base()
+            };
+            std::fs::write(
+                &self.cfg_path,
+                config(self.gate_port, self.admin_port, list),
+            )
+            .unwrap();
+            let _ = Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status();
+            self.reloads += 1;
+            self.next_reload = Some(Instant::now() + Duration::from_secs(20 + fastrand::u64(..20)));
+        }
+    }
+
+    fn stop(&mut self) {
+        for b in &mut self.backends {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+    }
+}
+
+/// What one round left behind.
+struct Round {
+    after: Usage,
+    /// RSS at moments after the open sockets were all released: (seconds, KiB).
+    rss_trace: Vec<(f64, u64)>,
+    clients_done: Duration,
+    released_in: Duration,
+    reports: Vec<String>,
+    crashed: Option<std::process::ExitStatus>,
+}
+
+/// The gate under test.
+struct Gate {
+    child: Child,
+    pid: u32,
+    admin: u16,
+    url: String,
+}
+
+/// One round: `a.connections` clients plus the slow and flood clients for `a.minutes`
+/// under chaos, then every client closes and the release is measured.
+async fn round(
+    a: &Args,
+    gate: &mut Gate,
+    chaos: &mut Chaos,
+    tally: &Arc<Tally>,
+    baseline: &Usage,
+    peak: &mut Usage,
+) -> Round {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = JoinSet::new();
+    for id in 0..a.connections {
+        clients.spawn(client(
+            id,
+            gate.url.clone(),
+            a.interval,
+            tally.clone(),
+            stop.clone(),
+        ));
+        if id % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let slow = tokio::spawn(slow_client(gate.url.clone(), stop.clone()));
+    let flood = tokio::spawn(flood_client(gate.url.clone(), stop.clone()));
+
+    let started = Instant::now();
+    let run_for = Duration::from_secs_f64(a.minutes * 60.0);
+    let mut crashed = None;
+    while started.elapsed() < run_for {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok(Some(status)) = gate.child.try_wait() {
+            crashed = Some(status);
+            break;
+        }
+        chaos.tick(gate.pid).await;
+        if started.elapsed().as_secs() % 5 == 0 {
+            let u = usage(gate.pid, gate.admin).await;
+            peak.fds = peak.fds.max(u.fds);
+            peak.rss_kib = peak.rss_kib.max(u.rss_kib);
+            peak.threads = peak.threads.max(u.threads);
+            if u.active != u64::MAX {
+                peak.active = peak.active.max(u.active);
+            }
+            if u.tasks != u64::MAX {
+                peak.tasks = peak.tasks.max(u.tasks);
+            }
+            println!(
+                "t={:>4}s fds={} rss={} KiB threads={} tasks={} active={} echoed={} kills={} reloads={}",
+                started.elapsed().as_secs(),
+                u.fds,
+                u.rss_kib,
+                u.threads,
+                u.tasks,
+                u.active,
+                tally.echoed.load(Relaxed),
+                chaos.kills,
+                chaos.reloads,
+            );
+        }
+    }
+
+    // Wind down: every client closes properly; then everything must be released.
+    stop.store(true, Relaxed);
+    let wind_down = Instant::now();
+    while clients.join_next().await.is_some() {}
+    let clients_done = wind_down.elapsed();
+    let reports = vec![slow.await.unwrap(), flood.await.unwrap()];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut after = usage(gate.pid, gate.admin).await;
+    while (after.active != 0 || after.fds > baseline.fds) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = usage(gate.pid, gate.admin).await;
+    }
+    let released_in = wind_down.elapsed();
+    // RSS is read `settle` after the release: wsgate gives freed memory back a few
+    // seconds after a large fall in open sockets (src/memory.rs). Tasks of drained
+    // backends live until their drain timeout (30 s) after the last reload, so the task
+    // count gets up to 35 s more to come back.
+    let released = Instant::now();
+    let mut rss_trace = vec![(0.0, after.rss_kib)];
+    while released.elapsed() < a.settle
+        || (after.tasks > baseline.tasks && released.elapsed() < a.settle + Duration::from_secs(35))
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let u = usage(gate.pid, gate.admin).await;
+        if released.elapsed() <= a.settle + Duration::from_millis(250) {
+            after = u;
+            rss_trace.push((released.elapsed().as_secs_f64(), u.rss_kib));
+        } else {
+            after.tasks = u.tasks;
+        }
+    }
+    if crashed.is_none() {
+        if let Ok(Some(status)) = gate.child.try_wait() {
+            crashed = Some(status);
+        }
+    }
+    Round {
+        after,
+        rss_trace,
+        clients_done,
+        released_in,
+        reports,
+        crashed,
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
     std::fs::create_dir_all(&a.workdir).unwrap();
     let gate_port = free_port();
     let admin_port = free_port();
-    let backend_ports: Vec<u16> = (0..a.backends + 1).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..a.backends + 1).map(|_| free_port()).collect();
     let cfg_path = a.workdir.join("wsgate.toml");
-    // The last backend joins and leaves on reloads.
-    let base = &backend_ports[..a.backends];
-    std::fs::write(&cfg_path, config(gate_port, admin_port, base)).unwrap();
-
-    let mut backends: Vec<Child> = backend_ports
+    std::fs::write(
+        &cfg_path,
+        config(gate_port, admin_port, &ports[..a.backends]),
+    )
+    .unwrap();
+    let backends: Vec<Child> = ports
         .iter()
         .enumerate()
         .map(|(i, p)| spawn_backend(&a.wsgate, *p, i))
         .collect();
-    for p in &backend_ports {
+    for p in &ports {
         wait_listening(*p).await;
     }
-    let mut gate = Command::new(&a.wsgate)
+    let mut cmd = match a.wrap.split_first() {
+        Some((tool, rest)) => {
+            let mut c = Command::new(tool);
+            c.args(rest).arg(&a.wsgate);
+            c
+        }
+        None => Command::new(&a.wsgate),
+    };
+    let child = cmd
         .arg("--config")
         .arg(&cfg_path)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(a.workdir.join("wsgate.log")).unwrap())
         .spawn()
         .expect("start wsgate");
-    let pid = gate.id();
+    let pid = gate_pid(&child, !a.wrap.is_empty()).await;
     wait_listening(gate_port).await;
     wait_listening(admin_port).await;
-    let url = format!("ws://127.0.0.1:{gate_port}/ws");
+    let mut gate = Gate {
+        child,
+        pid,
+        admin: admin_port,
+        url: format!("ws://127.0.0.1:{gate_port}/ws"),
+    };
+    let first = Instant::now();
+    let mut chaos = Chaos {
+        wsgate: a.wsgate.clone(),
+        cfg_path,
+        gate_port,
+        admin_port,
+        ports,
+        backends,
+        with_extra: false,
+        kills: 0,
+        reloads: 0,
+        next_kill: a
+            .kills
+            .then(|| first + Duration::from_secs(5 + fastrand::u64(..10))),
+        next_reload: a
+            .reloads
+            .then(|| first + Duration::from_secs(20 + fastrand::u64(..20))),
+    };
 
     let cold = usage(pid, admin_port).await;
     // Warm up: a round of connections, so the baseline includes lazily made state.
     {
         let mut set = JoinSet::new();
         for _ in 0..100 {
-            let url = url.clone();
+            let url = gate.url.clone();
             set.spawn(async move {
                 if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await {
                     let _ = ws.send(Message::text("warm")).await;
@@ -435,133 +740,62 @@ async fn main() {
     println!("baseline: cold {cold:?}, warm {baseline:?}");
 
     let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = JoinSet::new();
-    for id in 0..a.connections {
-        clients.spawn(client(
-            id,
-            url.clone(),
-            a.interval,
-            tally.clone(),
-            stop.clone(),
-        ));
-        if id % 100 == 99 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    let slow = tokio::spawn(slow_client(url.clone(), stop.clone()));
-    let flood = tokio::spawn(flood_client(url.clone(), stop.clone()));
-
-    // Chaos and monitoring until the time is up.
-    let started = Instant::now();
-    let run_for = Duration::from_secs_f64(a.minutes * 60.0);
-    let mut kills = 0u32;
-    let mut reloads = 0u32;
-    let mut with_extra = false;
     let mut peak = baseline;
-    let mut crashed = None;
-    let mut next_kill = Instant::now() + Duration::from_secs(5 + fastrand::u64(..10));
-    let mut next_reload = Instant::now() + Duration::from_secs(20 + fastrand::u64(..20));
-    let mut samples = Vec::new();
-    while started.elapsed() < run_for {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Ok(Some(status)) = gate.try_wait() {
-            crashed = Some(status);
+    let mut rounds = Vec::new();
+    for r in 1..=a.rounds {
+        let done = round(&a, &mut gate, &mut chaos, &tally, &baseline, &mut peak).await;
+        let trace: Vec<String> = done
+            .rss_trace
+            .iter()
+            .step_by(4)
+            .map(|(t, kib)| format!("{t:.0}s {}", mib(*kib)))
+            .collect();
+        println!(
+            "round {r} after: {:?}; RSS after the release: {}",
+            done.after,
+            trace.join(", ")
+        );
+        let crashed = done.crashed.is_some();
+        rounds.push(done);
+        if crashed {
             break;
         }
-        let now = Instant::now();
-        if now >= next_kill {
-            let i = fastrand::usize(..a.backends);
-            let _ = backends[i].kill(); // SIGKILL: a crash, no close frames
-            let _ = backends[i].wait();
-            kills += 1;
-            tokio::time::sleep(Duration::from_millis(500 + fastrand::u64(..2500))).await;
-            backends[i] = spawn_backend(&a.wsgate, backend_ports[i], i);
-            next_kill = Instant::now() + Duration::from_secs(5 + fastrand::u64(..15));
-        }
-        if now >= next_reload {
-            with_extra = !with_extra;
-            let list = if with_extra { &backend_ports[..] } else { base };
-            std::fs::write(&cfg_path, config(gate_port, admin_port, list)).unwrap();
-            let _ = Command::new("kill")
-                .args(["-HUP", &pid.to_string()])
-                .status();
-            reloads += 1;
-            next_reload = Instant::now() + Duration::from_secs(20 + fastrand::u64(..20));
-        }
-        if started.elapsed().as_secs() % 5 == 0 {
-            let u = usage(pid, admin_port).await;
-            peak.fds = peak.fds.max(u.fds);
-            peak.rss_kib = peak.rss_kib.max(u.rss_kib);
-            peak.threads = peak.threads.max(u.threads);
-            if u.active != u64::MAX {
-                peak.active = peak.active.max(u.active);
-            }
-            samples.push((started.elapsed().as_secs(), u));
-            println!(
-                "t={:>4}s fds={} rss={} KiB threads={} active={} echoed={} kills={kills} reloads={reloads}",
-                started.elapsed().as_secs(),
-                u.fds,
-                u.rss_kib,
-                u.threads,
-                u.active,
-                tally.echoed.load(Relaxed)
-            );
-        }
     }
-
-    // Wind down: every client closes properly; then everything must be released.
-    stop.store(true, Relaxed);
-    let wind_down = Instant::now();
-    while clients.join_next().await.is_some() {}
-    let clients_done = wind_down.elapsed();
-    let slow_report = slow.await.unwrap();
-    let flood_report = flood.await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut after = usage(pid, admin_port).await;
-    while (after.active != 0 || after.fds > baseline.fds) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        after = usage(pid, admin_port).await;
-    }
-    let released_in = wind_down.elapsed();
-    // RSS: wsgate gives freed memory back a few seconds after a large fall in open sockets
-    // (src/memory.rs); wait up to 15 s for it.
-    let rss_limit = baseline.rss_kib + baseline.rss_kib / 2 + 8 * 1024;
-    let rss_deadline = Instant::now() + Duration::from_secs(15);
-    while after.rss_kib > rss_limit && Instant::now() < rss_deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        after = usage(pid, admin_port).await;
-    }
-    let rss_in = wind_down.elapsed();
-    if crashed.is_none() {
-        if let Ok(Some(status)) = gate.try_wait() {
-            crashed = Some(status);
-        }
-    }
+    let last = rounds.last().expect("at least one round");
+    let after = last.after;
+    let crashed = last.crashed;
 
     // Graceful stop of wsgate: SIGTERM must end it cleanly.
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
-    let exit = tokio::task::spawn_blocking(move || gate.wait())
+    let mut child = gate.child;
+    let exit = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap();
-    for b in &mut backends {
-        let _ = b.kill();
-        let _ = b.wait();
-    }
+    chaos.stop();
 
     let mut lat = std::mem::take(&mut *tally.latencies.lock().unwrap());
     let closes = tally.closes.lock().unwrap().clone();
     let corrupt = tally.corrupt.load(Relaxed);
     let abrupt = tally.abrupt.load(Relaxed);
     let hung = tally.hung.load(Relaxed);
+    let rss_limit = baseline.rss_kib + baseline.rss_kib / 2 + 8 * 1024;
     let rss_ok = after.rss_kib <= rss_limit;
     println!(
-        "\n== wsgate soak: {} connections, {:.1} min ==",
-        a.connections, a.minutes
+        "\n== wsgate soak: {} connections, {:.1} min{} ==",
+        a.connections,
+        a.minutes,
+        if a.rounds > 1 {
+            format!(" × {} rounds", rounds.len())
+        } else {
+            String::new()
+        }
     );
-    println!("chaos: {kills} backend kills (SIGKILL + restart), {reloads} config reloads (SIGHUP)");
+    println!(
+        "chaos: {} backend kills (SIGKILL + restart), {} config reloads (SIGHUP)",
+        chaos.kills, chaos.reloads
+    );
     println!(
         "clients: {} connects, {} refused/failed handshakes (retried), {} echoes verified",
         tally.connects.load(Relaxed),
@@ -575,13 +809,29 @@ async fn main() {
         percentile(&mut lat, 0.99),
         percentile(&mut lat, 1.0)
     );
-    println!("{slow_report}");
-    println!("{flood_report}");
+    for line in &last.reports {
+        println!("{line}");
+    }
     println!("wsgate cold    {cold:?}");
     println!("wsgate warm    {baseline:?}");
     println!("wsgate peak    {peak:?}");
+    for (i, r) in rounds.iter().enumerate() {
+        let at_release = r.rss_trace.first().map_or(0, |(_, k)| *k);
+        println!(
+            "wsgate after{} {:?} (clients closed in {:.1?}, released in {:.1?}; RSS {} at the release, {} {:?} later)",
+            if a.rounds > 1 { format!(" round {}", i + 1) } else { "  ".into() },
+            r.after,
+            r.clients_done,
+            r.released_in,
+            mib(at_release),
+            mib(r.after.rss_kib),
+            a.settle,
+        );
+    }
     println!(
-        "wsgate after   {after:?} (clients closed in {clients_done:?}, released in {released_in:?}, RSS read at {rss_in:?})"
+        "RSS limit: 1.5 × warm + 8 MiB = {}; after: {}",
+        mib(rss_limit),
+        mib(after.rss_kib)
     );
     println!("wsgate exit on SIGTERM: {exit:?}");
     let checks = [
@@ -598,6 +848,7 @@ async fn main() {
             "threads back to baseline",
             after.threads <= baseline.threads.max(cold.threads) + 2,
         ),
+        ("tasks back to baseline", after.tasks <= baseline.tasks),
         ("RSS back near baseline (≤ 1.5 × warm + 8 MiB)", rss_ok),
         (
             "clean exit on SIGTERM",

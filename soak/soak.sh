@@ -4,6 +4,8 @@
 #   soak/soak.sh                                   # 2 minutes, 1,000 connections
 #   soak/soak.sh --minutes 10 --connections 5000   # the full run (RELIABILITY.md)
 #   PROFILE=dev soak/soak.sh --minutes 2           # faster to build, slower to run
+#   soak/soak.sh --rounds 2 --no-kills --no-reloads  # same process twice, no chaos
+#   soak/soak.sh --help                            # every flag of the driver
 #
 # Builds wsgate and the driver (examples/soak.rs), raises the open-file limit (each
 # proxied socket costs wsgate two descriptors and the driver one), and runs the driver:

@@ -96,12 +96,21 @@ async fn metrics_text(State(s): State<AdminState>) -> Response {
     extra.push_str(&transitions);
     extra.push_str(&ejections);
     extra.push_str(&s.supervisor.pool_metrics());
+    extra.push_str(&runtime_tasks());
     let mut resp = s.metrics.render(&extra).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     resp
+}
+
+/// The runtime's live task count: one per open socket and a few for listeners and
+/// background work. After clients leave it must come back to where it was, so a task
+/// that outlives its socket (or its reload) shows up here.
+fn runtime_tasks() -> String {
+    let alive = tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
+    format!("# HELP wsgate_runtime_tasks_alive Tasks alive in the runtime (sockets and background work).\n# TYPE wsgate_runtime_tasks_alive gauge\nwsgate_runtime_tasks_alive {alive}\n")
 }
 
 #[derive(Serialize)]

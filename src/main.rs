@@ -2,6 +2,24 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+/// jemalloc rather than glibc's malloc: after a burst of sockets closes, glibc keeps
+/// most of the freed memory resident (live chunks left scattered over its per-thread
+/// arenas, and `malloc_trim` does not shrink the top of a thread's arena), so RSS stays
+/// well above what is in use; jemalloc's background thread returns unused pages within
+/// seconds. RELIABILITY.md ("Soak and faults") has the measurements.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read when it starts: a background thread purges pages unused
+/// for `dirty_decay_ms` (no allocation needs to happen for that), and purged pages go
+/// straight back to the OS (`muzzy_decay_ms:0`) so RSS shows it.
+#[cfg(feature = "jemalloc")]
+#[allow(unsafe_code, non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:5000,muzzy_decay_ms:0\0";
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::{SinkExt, StreamExt};

@@ -1,14 +1,18 @@
 //! Giving memory back to the OS after many sockets close.
 //!
-//! glibc's malloc keeps what is freed in its arenas for reuse and returns little of it on
-//! its own: after a burst of 5,000 sockets closes, RSS stays near its peak (the soak run
-//! in RELIABILITY.md measured 98 MiB after, 18 MiB before). That memory is reused by the
-//! next sockets, so it is not a leak, but an operator watching RSS cannot tell, and a
-//! proxy that shrank after a spike can be packed tighter. So when the open-socket count
-//! has fallen to half of its last peak (and by at least [`MIN_DROP`] sockets), wsgate
-//! calls `malloc_trim(0)`, which returns the free pages of every arena. It runs on a
-//! blocking thread, at most once per [`CHECK_EVERY`], and never on the relay path.
-//! Other allocators (musl, or a different `#[global_allocator]`) have nothing to trim.
+//! What a burst of sockets used is freed when they close, but an allocator may keep it
+//! resident for reuse. With glibc's malloc the soak (RELIABILITY.md, "Soak and faults")
+//! measured 2.7 MB in use against 14.5 MB of anonymous RSS after 5,000 sockets closed:
+//! the few chunks still live are scattered over the pages of its per-thread arenas, and
+//! `malloc_trim` returns only whole free pages (and never the top of a thread's arena).
+//! The binary therefore uses jemalloc (src/main.rs), whose background thread returns
+//! unused pages by itself within its decay time.
+//!
+//! On top of that, when the open-socket count has fallen to half of its last peak (and
+//! by at least [`MIN_DROP`] sockets), wsgate returns free memory at once: jemalloc's
+//! `arena.<all>.purge`, or `malloc_trim(0)` when built without the `jemalloc` feature on
+//! glibc. It runs on a blocking thread, at most once per [`CHECK_EVERY`], and never on
+//! the relay path. Other allocators (musl) have nothing to trim.
 
 use std::{sync::Arc, time::Duration};
 
@@ -46,7 +50,27 @@ pub(crate) async fn trim_after_closes(metrics: Arc<Metrics>, stop: CancellationT
     }
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// With jemalloc (the binary's default allocator) its own background thread returns
+/// unused pages within `dirty_decay_ms`; a purge of every arena makes it immediate.
+#[cfg(feature = "jemalloc")]
+#[allow(unsafe_code)]
+fn trim() {
+    // "arena.<MALLCTL_ARENAS_ALL>.purge": every arena at once.
+    const PURGE_ALL: &[u8] = b"arena.4096.purge\0";
+    // SAFETY: the name is NUL-terminated and this control reads and writes nothing
+    // (null old/new pointers with zero lengths); jemalloc locks its arenas itself.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            PURGE_ALL.as_ptr().cast(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
+    }
+}
+
+#[cfg(all(not(feature = "jemalloc"), target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn trim() {
     // SAFETY: malloc_trim takes no pointers and only walks glibc's own arenas under their
@@ -56,7 +80,10 @@ fn trim() {
     }
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(all(
+    not(feature = "jemalloc"),
+    not(all(target_os = "linux", target_env = "gnu"))
+))]
 fn trim() {}
 
 #[cfg(test)]

@@ -101,6 +101,104 @@ async fn reload_adds_and_removes_backends_keeping_open_sockets() {
     g.shutdown().await;
 }
 
+/// `config` with an admin listener.
+fn config_with_admin(backends: &[&str]) -> String {
+    config(backends, "").replace(
+        "shutdown_timeout",
+        "admin = \"127.0.0.1:0\"\nshutdown_timeout",
+    )
+}
+
+async fn metrics(g: &Running) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(g.admin.unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn tasks_alive(metrics: &str) -> usize {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wsgate_runtime_tasks_alive "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no wsgate_runtime_tasks_alive in {metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_that_come_and_go_over_many_reloads_leave_no_task_or_metric_series() {
+    let steady = Backend::start(BackendOpts::named("steady")).await;
+    // Every backend is started first, so its accept loop is already in the baseline.
+    let mut passing = Vec::new();
+    for i in 0..10 {
+        passing.push(Backend::start(BackendOpts::named(&format!("p{i}"))).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsgate.toml");
+    std::fs::write(&file, config_with_admin(&[&steady.url])).unwrap();
+    let g = start_file(&file).await;
+    let url = ws_url(&g, "/ws");
+    let mut warm = connect(&url).await;
+    assert_eq!(whoami(&mut warm).await, "steady");
+    bye(warm).await;
+    assert_no_leak(&g).await;
+    let baseline = tasks_alive(&metrics(&g).await);
+
+    for (i, p) in passing.iter().enumerate() {
+        // The backend joins, takes a socket, leaves (drained) while it is open.
+        std::fs::write(&file, config_with_admin(&[&steady.url, &p.url])).unwrap();
+        g.reload(&file).await.unwrap();
+        let (mut one, mut two) = (connect(&url).await, connect(&url).await);
+        let mut names = vec![whoami(&mut one).await, whoami(&mut two).await];
+        names.sort();
+        assert_eq!(names, vec![format!("p{i}"), "steady".to_string()]);
+        assert!(
+            metrics(&g).await.contains(&p.url),
+            "a joined backend has series"
+        );
+        std::fs::write(&file, config_with_admin(&[&steady.url])).unwrap();
+        let changes = g.reload(&file).await.unwrap();
+        assert_eq!(changes[0].1.removed, vec![p.url.clone()]);
+        bye(one).await;
+        bye(two).await;
+    }
+    assert_no_leak(&g).await;
+
+    // Series only for the backend that is configured now.
+    let m = metrics(&g).await;
+    for p in &passing {
+        assert!(
+            !m.contains(&p.url),
+            "a removed backend's series stayed: {m}"
+        );
+    }
+    let series = m
+        .lines()
+        .filter(|l| l.starts_with("wsgate_backend_connections_active{"))
+        .count();
+    assert_eq!(series, 1, "{m}");
+    // Relays, drain tasks and per-backend tasks all end (a drain ends after its
+    // 300 ms timeout): the runtime is back to the tasks it had before the reloads.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = tasks_alive(&metrics(&g).await);
+        if now <= baseline {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now} tasks alive after 10 reloads, {baseline} before"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    g.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_bad_new_config_is_refused_and_the_old_one_keeps_running() {
     let a = Backend::start(BackendOpts::named("a")).await;
