@@ -7,7 +7,6 @@
 
 use std::{
     borrow::Cow,
-    future::Future,
     net::SocketAddr,
     sync::{
         atomic::{AtomicI64, Ordering},
@@ -43,7 +42,7 @@ use crate::{
     metrics::{Metrics, Outcome},
     relay::{
         frame::text_frame, relay_closing, relay_resumable, relay_resumed, RelayEnd, RelayReport,
-        RelaySettings, Stream,
+        RelaySettings, Signal, Stream,
     },
     upstream::{
         resume::{resumed_handshake, resumed_headers, strip_resume_headers, ResumeRequest},
@@ -78,8 +77,9 @@ pub struct RouteProxy {
     pub name: String,
     /// Opens backend sockets.
     pub connector: Connector,
-    /// Relay limits.
-    pub relay: RelaySettings,
+    /// Relay limits, shared by the route's sockets (one that needs its own, for a token
+    /// expiry or an extension's RSV bit, gets a copy).
+    pub relay: Arc<RelaySettings>,
     /// `Origin` allow-list (`None`: any).
     pub origins: Option<Vec<String>>,
     /// `Host` allow-list (`None`: any).
@@ -241,7 +241,7 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
         .connector
         .open_any(&selected.candidates, request, &hs, &request_id)
         .await;
-    let (backend, opened) = match attempt {
+    let (mut backend, opened) = match attempt {
         Ok(o) => o,
         Err(last_err) => {
             let e = last_err.unwrap_or(UpstreamError::Protocol {
@@ -315,10 +315,14 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
             h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
         }
     }
-    let mut settings = route.relay.clone();
-    settings.rsv_allowed = rsv_bits(extensions.as_ref());
+    // Shared, not copied: every socket's task holds its settings for its whole life.
+    let mut settings = Arc::clone(&route.relay);
+    let rsv = rsv_bits(extensions.as_ref());
+    if settings.rsv_allowed != rsv {
+        Arc::make_mut(&mut settings).rsv_allowed = rsv;
+    }
     if let Some(exp) = req.extensions.get::<TokenExpiry>().filter(|e| e.close) {
-        settings.expires_at = Some(Instant::now() + exp.remaining());
+        Arc::make_mut(&mut settings).expires_at = Some(Instant::now() + exp.remaining());
     }
     // Resume needs the handshake again, with the negotiated subprotocol; never with an
     // extension (its compression context cannot move to another backend).
@@ -364,8 +368,9 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
     let task_route = route.clone();
     route.shared.tracker.spawn(
         async move {
-            let _leases = leases;
-            let mut backend = backend;
+            // Held until the socket ends (a reference: a moved copy would take space
+            // in the task beside the captured one).
+            let _leases = &leases;
             let mut on_backend = backend.track();
             let mut movable = task_route
                 .connector
@@ -436,9 +441,8 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
                         }
                     }
                     // Timers keep counting from the first upgrade.
-                    settings.max_lifetime = settings
-                        .max_lifetime
-                        .map(|l| l.saturating_sub(started.elapsed()));
+                    let s = Arc::make_mut(&mut settings);
+                    s.max_lifetime = s.max_lifetime.map(|l| l.saturating_sub(started.elapsed()));
                     end = relay_resumed(
                         detached,
                         stream,
@@ -454,18 +458,22 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
             } else {
                 // The signals are built inside the call: a local holding them would keep
                 // its own space in the task beside the relay's copy.
-                relay_closing(
-                    client,
-                    stream,
-                    &initial,
-                    &leftover,
-                    &settings,
-                    drain_or_removed(&task_route.shared, &backend),
-                    movable
-                        .as_ref()
-                        .map(|m| m.token().clone().cancelled_owned()),
-                )
-                .await
+                // The pumps copy `initial`: scoped so that it is not kept beside the relay.
+                let relay = {
+                    let initial = initial;
+                    relay_closing(
+                        client,
+                        stream,
+                        &initial,
+                        &leftover,
+                        &settings,
+                        drain_or_removed(&task_route.shared, &backend),
+                        movable
+                            .as_ref()
+                            .map(|m| Signal::new(m.token().clone(), Duration::ZERO)),
+                    )
+                };
+                relay.await
             };
             drop((on_backend, movable));
             task_route.shared.metrics.closed(&report);
@@ -489,18 +497,8 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
 
 /// Resolves when wsgate shuts down, or when `backend` was removed by a reload and its
 /// drain timeout passed (its sockets then close with 1001).
-fn drain_or_removed(
-    shared: &Shared,
-    backend: &Arc<wsgate_layers::Backend>,
-) -> impl Future<Output = ()> + Send + 'static {
-    let shutdown = drain_signal(shared);
-    let removed = backend.closing().clone();
-    async move {
-        tokio::select! {
-            _ = shutdown => {}
-            _ = removed.cancelled_owned() => {}
-        }
-    }
+fn drain_or_removed(shared: &Shared, backend: &Arc<wsgate_layers::Backend>) -> Signal {
+    drain_signal(shared).or(Some(backend.closing().clone()))
 }
 
 /// Resolves when wsgate moves this socket off `backend`: the backend was removed and its
@@ -508,18 +506,8 @@ fn drain_or_removed(
 fn move_signal(
     backend: &Arc<wsgate_layers::Backend>,
     movable: Option<&wsgate_layers::upstream::MovableSocket>,
-) -> impl Future<Output = ()> + Send + 'static {
-    let removed = backend.closing().clone();
-    let picked = movable.map(|m| m.token().clone());
-    async move {
-        match picked {
-            Some(p) => tokio::select! {
-                _ = removed.cancelled_owned() => {}
-                _ = p.cancelled_owned() => {}
-            },
-            None => removed.cancelled_owned().await,
-        }
-    }
+) -> Signal {
+    Signal::new(backend.closing().clone(), Duration::ZERO).or(movable.map(|m| m.token().clone()))
 }
 
 /// Sends the resume notice (a text message) to a re-attached client.
@@ -559,16 +547,8 @@ impl Drop for RouteCount<'_> {
 
 /// Resolves when this socket should close for shutdown: after the drain starts, plus a
 /// random part of the jitter window, so thousands of clients do not reconnect at once.
-fn drain_signal(shared: &Shared) -> impl Future<Output = ()> + Send + 'static {
-    let drain = shared.drain.clone();
-    let window = shared.drain_jitter;
-    async move {
-        drain.cancelled().await;
-        if !window.is_zero() {
-            let jitter = window.mul_f64(fastrand::f64());
-            tokio::time::sleep(jitter).await;
-        }
-    }
+fn drain_signal(shared: &Shared) -> Signal {
+    Signal::new(shared.drain.clone(), shared.drain_jitter)
 }
 
 /// The host the client asked for: `Host`, or HTTP/2's `:authority`.
@@ -609,6 +589,6 @@ fn unwrap_upgraded(upgraded: Upgraded) -> (Stream, Bytes) {
             Stream::ServerTls(Box::new(parts.io.into_inner())),
             own(parts.read_buf),
         ),
-        Err(u) => (Stream::Upgraded(TokioIo::new(u)), Bytes::new()),
+        Err(u) => (Stream::Upgraded(Box::new(TokioIo::new(u))), Bytes::new()),
     }
 }

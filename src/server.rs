@@ -332,7 +332,7 @@ async fn build_router(
         let route = Arc::new(RouteProxy {
             name: r.path.clone(),
             connector: connectors[i].clone(),
-            relay: RelaySettings {
+            relay: Arc::new(RelaySettings {
                 max_message: r.max_message.0,
                 buffer_size: cfg.server.buffer_size.0 as usize,
                 idle_timeout: r.idle_timeout.map(|d| d.0),
@@ -348,7 +348,7 @@ async fn build_router(
                 },
                 ping_interval: r.ping_interval.map(|d| d.0),
                 validate_utf8: cfg.relay.validate_utf8,
-            },
+            }),
             origins: r.origins.clone(),
             hosts: r.hosts.clone(),
             query: r.query.as_ref().map(|q| crate::hygiene::QueryRules {

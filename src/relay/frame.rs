@@ -124,8 +124,10 @@ pub(crate) struct FrameScanner {
     stop_at_boundary: bool,
     /// Messages completed.
     pub(crate) messages: u64,
-    /// Per-socket message and byte rate limit (client to backend only).
-    limiter: Option<MessageRateLimiter>,
+    /// Per-socket message and byte rate limit (client to backend only). Boxed: its
+    /// buckets are ~190 bytes of `u128`s that most sockets (and every backend-to-client
+    /// direction) never use, and an idle socket's task is most of what it costs.
+    limiter: Option<Box<MessageRateLimiter>>,
     /// The current frame is being dropped (payload bytes are skipped, not forwarded).
     skipping: bool,
     /// The current message is being dropped, continuation frames included.
@@ -175,7 +177,7 @@ impl FrameScanner {
 
     /// Judges every new message from this source by `limiter`.
     pub(crate) fn with_limiter(mut self, limiter: Option<MessageRateLimiter>) -> Self {
-        self.limiter = limiter;
+        self.limiter = limiter.map(Box::new);
         self
     }
 

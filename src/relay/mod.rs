@@ -36,19 +36,21 @@
 mod buffer;
 pub(crate) mod frame;
 mod pump;
+mod signal;
 mod stream;
 mod utf8;
 
 use std::{
-    future::{poll_fn, Future},
-    pin::pin,
-    task::Poll,
+    future::{poll_fn, Future, IntoFuture},
+    pin::{pin, Pin},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use futures_util::FutureExt;
 use tokio::time::{sleep_until, Instant as TokioInstant};
 
+pub(crate) use signal::Signal;
 pub use stream::Stream;
 pub use utf8::{InvalidUtf8, MaskedText, Utf8Validator};
 use wsgate_layers::ratelimit::MessageLimits;
@@ -118,6 +120,14 @@ pub struct RelayReport {
     pub proxy_reason: Option<&'static str>,
     /// Client messages dropped by the message-rate limit (`on_excess = "drop"`).
     pub messages_dropped: u64,
+}
+
+/// The part of a [`RelayReport`] the relay loop decides: who closed first and how.
+#[derive(Debug, Default)]
+struct Closer {
+    closed_by: &'static str,
+    close_code: Option<u16>,
+    proxy_reason: Option<&'static str>,
 }
 
 /// Why the relay itself closes a socket.
@@ -249,25 +259,26 @@ pub fn relay<'a>(
 ///
 /// This and the other entry points are plain functions that build the pumps and return
 /// [`run`]'s future as it is (mapped at most): an `async fn` wrapper would keep its own
-/// copy of the pumps beside the one inside `run` for the socket's whole life.
-pub(crate) fn relay_closing<'a>(
+/// copy of the pumps beside the one inside `run` for the socket's whole life. Signals
+/// are taken as [`IntoFuture`] so that a [`Signal`] (a few words) is turned into its
+/// future only inside the relay, and stored once.
+pub(crate) fn relay_closing<'a, S, R>(
     client: Stream,
     upstream: Stream,
     client_initial: &[u8],
     upstream_initial: &[u8],
     settings: &'a RelaySettings,
-    shutdown: impl Future<Output = ()> + 'a,
-    rebalance: Option<impl Future<Output = ()> + 'a>,
-) -> impl Future<Output = RelayReport> + 'a {
+    shutdown: S,
+    rebalance: Option<R>,
+) -> impl Future<Output = RelayReport> + 'a
+where
+    S: IntoFuture<Output = ()> + 'a,
+    S::IntoFuture: 'a,
+    R: IntoFuture<Output = ()> + 'a,
+    R::IntoFuture: 'a,
+{
     let up = up_pump(settings, client_initial);
     let down = down_pump(settings, upstream_initial);
-    let (rebalance, signal) = match rebalance {
-        Some(f) => (true, futures_util::future::Either::Left(f)),
-        None => (
-            false,
-            futures_util::future::Either::Right(std::future::pending()),
-        ),
-    };
     run(
         client,
         upstream,
@@ -275,13 +286,9 @@ pub(crate) fn relay_closing<'a>(
         down,
         settings,
         shutdown,
-        signal,
-        std::future::pending(),
-        RelayReport::default(),
-        Mode {
-            rebalance,
-            resume: false,
-        },
+        rebalance,
+        None::<std::future::Pending<()>>,
+        (0, 0),
     )
     .map(|end| match end {
         RelayEnd::Closed(r) => r,
@@ -293,15 +300,21 @@ pub(crate) fn relay_closing<'a>(
 /// Resume mode: like [`relay`], but a backend that vanishes at a clean boundary, or a
 /// `detach` (drain, rebalance) gives the client back as [`RelayEnd::BackendGone`]
 /// instead of closing it.
-pub(crate) fn relay_resumable<'a>(
+pub(crate) fn relay_resumable<'a, S, D>(
     client: Stream,
     upstream: Stream,
     client_initial: &[u8],
     upstream_initial: &[u8],
     settings: &'a RelaySettings,
-    shutdown: impl Future<Output = ()> + 'a,
-    detach: impl Future<Output = ()> + 'a,
-) -> impl Future<Output = RelayEnd> + 'a {
+    shutdown: S,
+    detach: D,
+) -> impl Future<Output = RelayEnd> + 'a
+where
+    S: IntoFuture<Output = ()> + 'a,
+    S::IntoFuture: 'a,
+    D: IntoFuture<Output = ()> + 'a,
+    D::IntoFuture: 'a,
+{
     let up = up_pump(settings, client_initial).resumable();
     let down = down_pump(settings, upstream_initial).resumable();
     run(
@@ -311,25 +324,27 @@ pub(crate) fn relay_resumable<'a>(
         down,
         settings,
         shutdown,
-        std::future::pending(),
-        detach,
-        RelayReport::default(),
-        Mode {
-            rebalance: false,
-            resume: true,
-        },
+        None::<std::future::Pending<()>>,
+        Some(detach),
+        (0, 0),
     )
 }
 
 /// Re-attaches a [`Detached`] client to a new backend socket.
-pub(crate) fn relay_resumed<'a>(
+pub(crate) fn relay_resumed<'a, S, D>(
     detached: Box<Detached>,
     upstream: Stream,
     upstream_initial: &[u8],
     settings: &'a RelaySettings,
-    shutdown: impl Future<Output = ()> + 'a,
-    detach: impl Future<Output = ()> + 'a,
-) -> impl Future<Output = RelayEnd> + 'a {
+    shutdown: S,
+    detach: D,
+) -> impl Future<Output = RelayEnd> + 'a
+where
+    S: IntoFuture<Output = ()> + 'a,
+    S::IntoFuture: 'a,
+    D: IntoFuture<Output = ()> + 'a,
+    D::IntoFuture: 'a,
+{
     let Detached {
         client,
         mut up,
@@ -345,13 +360,9 @@ pub(crate) fn relay_resumed<'a>(
         down,
         settings,
         shutdown,
-        std::future::pending(),
-        detach,
-        report,
-        Mode {
-            rebalance: false,
-            resume: true,
-        },
+        None::<std::future::Pending<()>>,
+        Some(detach),
+        (report.bytes_down, report.messages_down),
     )
 }
 
@@ -373,7 +384,7 @@ fn up_pump(settings: &RelaySettings, client_initial: &[u8]) -> Pump {
             .map(|l| l.limiter()),
         settings.buffer_size,
         client_initial,
-        (1001, "client went away"),
+        &(1001, "client went away"),
     )
 }
 
@@ -383,15 +394,32 @@ fn down_pump(settings: &RelaySettings, upstream_initial: &[u8]) -> Pump {
         None,
         settings.buffer_size,
         upstream_initial,
-        (1012, "backend went away"),
+        &(1012, "backend went away"),
     )
 }
 
-/// Which optional signals a relay listens to; off, they cost nothing per wake-up.
-#[derive(Debug, Clone, Copy)]
-struct Mode {
-    rebalance: bool,
-    resume: bool,
+/// Polls an optional signal: one that is absent never resolves.
+fn poll_signal<F: Future<Output = ()>>(
+    f: &mut Option<Pin<Box<F>>>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    match f {
+        Some(f) => f.as_mut().poll(cx),
+        None => Poll::Pending,
+    }
+}
+
+impl Deadlines {
+    /// The deadlines `settings` set for a socket opened at `start`.
+    fn new(settings: &RelaySettings, start: TokioInstant) -> Self {
+        Self {
+            idle: settings.idle_timeout.map(|d| start + d),
+            expiry: settings.expires_at.map(TokioInstant::from_std),
+            lifetime: settings.max_lifetime.map(|d| start + d),
+            ping: settings.ping_interval.map(|d| start + d),
+            close: None,
+        }
+    }
 }
 
 /// The deadlines of one socket. They share one timer (the relay re-arms it for the
@@ -450,284 +478,303 @@ impl Deadlines {
     }
 }
 
-/// The relay loop. `base` carries the traffic of earlier backends (resume mode).
+/// The relay loop. `base_down` carries the backend-to-client bytes and messages of
+/// earlier backends (resume mode). `rebalance` and `detach` (resume mode) are off when
+/// `None`.
 ///
 /// A plain function returning an `async move` block rather than an `async fn`: an
 /// `async fn` copies its arguments into locals, so the two pumps would be stored twice
 /// in every socket's task for its whole life (the task future is most of what an idle
-/// socket costs).
+/// socket costs). For the same reason the signals arrive as [`IntoFuture`] values and
+/// become futures here: a captured future pinned into a local is stored twice.
 #[allow(clippy::too_many_arguments)]
 #[allow(clippy::manual_async_fn)]
-fn run<'a>(
+fn run<'a, S, R, D>(
     mut client: Stream,
     mut upstream: Stream,
     mut up: Pump,
     mut down: Pump,
     settings: &'a RelaySettings,
-    shutdown: impl Future<Output = ()> + 'a,
-    rebalance: impl Future<Output = ()> + 'a,
-    detach: impl Future<Output = ()> + 'a,
-    base: RelayReport,
-    mode: Mode,
-) -> impl Future<Output = RelayEnd> + 'a {
+    shutdown: S,
+    rebalance: Option<R>,
+    detach: Option<D>,
+    base_down: (u64, u64),
+) -> impl Future<Output = RelayEnd> + 'a
+where
+    S: IntoFuture<Output = ()> + 'a,
+    S::IntoFuture: 'a,
+    R: IntoFuture<Output = ()> + 'a,
+    R::IntoFuture: 'a,
+    D: IntoFuture<Output = ()> + 'a,
+    D::IntoFuture: 'a,
+{
     async move {
-        let mut report = RelayReport::default();
+        // The loop's state lives in this block, so none of it is kept beside the final
+        // write to an old backend below.
+        let (report, gone) = {
+            // Who closed, while the loop runs; the counters are read from the pumps at
+            // the end (a whole report would hold them twice for the socket's life).
+            let mut report = Closer::default();
 
-        let mut shutdown = pin!(shutdown);
-        let mut rebalance = pin!(rebalance);
-        let mut detach = pin!(detach);
-        let idle_every = settings.idle_timeout;
-        let ping_every = settings.ping_interval;
-        let start = TokioInstant::now();
-        let mut deadlines = Deadlines {
-            idle: idle_every.map(|d| start + d),
-            expiry: settings.expires_at.map(TokioInstant::from_std),
-            lifetime: settings.max_lifetime.map(|d| start + d),
-            ping: ping_every.map(|d| start + d),
-            close: None,
-        };
-        // One timer for all of them, armed for the earliest that can fire.
-        let mut timer = pin!(sleep_until(start));
-        let mut armed: Option<TokioInstant> = None;
-        let mut ping_outstanding = false;
-        let mut closing = false;
-        let mut shutting_down = false;
-        let mut rebalanced = false;
-        // Resume mode: a planned switch is under way, or the backend is gone.
-        let mut detaching = false;
-        let mut detach_fired = false;
-        // Resume mode: a write to the backend failed; waiting for its read side.
-        let mut lost_write = false;
-        let mut gone: Option<bool> = None;
+            let listens_rebalance = rebalance.is_some();
+            let resume = detach.is_some();
+            let mut shutdown = pin!(shutdown.into_future());
+            // Boxed: most sockets have neither, and an absent one would still reserve a
+            // whole signal's space in every socket's task.
+            let mut rebalance = rebalance.map(|r| Box::pin(r.into_future()));
+            let mut detach = detach.map(|d| Box::pin(d.into_future()));
+            let mut deadlines = Deadlines::new(settings, TokioInstant::now());
+            // One timer for all of them, armed for the earliest that can fire.
+            let mut timer = pin!(sleep_until(TokioInstant::now()));
+            let mut armed: Option<TokioInstant> = None;
+            let mut ping_outstanding = false;
+            let mut closing = false;
+            let mut shutting_down = false;
+            let mut rebalanced = false;
+            // Resume mode: a planned switch is under way, or the backend is gone.
+            let mut detaching = false;
+            let mut detach_fired = false;
+            // Resume mode: a write to the backend failed; waiting for its read side.
+            let mut lost_write = false;
+            let mut gone: Option<bool> = None;
 
-        loop {
-            enum Wake {
-                Pump(bool, Event),
-                Proxy(ProxyClose),
-                Idle,
-                Ping,
-                CloseTimeout,
-                Detach,
-            }
-            let close_armed = closing || detaching || lost_write;
-            let next = deadlines.next(!closing, close_armed);
-            if next != armed {
-                if let Some(at) = next {
-                    timer.as_mut().reset(at);
+            loop {
+                enum Wake {
+                    Pump(bool, Event),
+                    Proxy(ProxyClose),
+                    Idle,
+                    Ping,
+                    CloseTimeout,
+                    Detach,
                 }
-                armed = next;
-            }
-            let wake = tokio::select! {
-                biased;
-                (from_client, event) = poll_fn(|cx| {
-                    if !up.is_done() {
-                        if let Poll::Ready(e) = up.poll(cx, &mut client, &mut upstream) {
-                            return Poll::Ready((true, e));
+                let close_armed = closing || detaching || lost_write;
+                let next = deadlines.next(!closing, close_armed);
+                if next != armed {
+                    if let Some(at) = next {
+                        timer.as_mut().reset(at);
+                    }
+                    armed = next;
+                }
+                let wake = tokio::select! {
+                    biased;
+                    (from_client, event) = poll_fn(|cx| {
+                        if !up.is_done() {
+                            if let Poll::Ready(e) = up.poll(cx, &mut client, &mut upstream) {
+                                return Poll::Ready((true, e));
+                            }
+                        }
+                        if !down.is_done() {
+                            if let Poll::Ready(e) = down.poll(cx, &mut upstream, &mut client) {
+                                return Poll::Ready((false, e));
+                            }
+                        }
+                        Poll::Pending
+                    }) => Wake::Pump(from_client, event),
+                    _ = &mut shutdown, if !shutting_down => Wake::Proxy(ProxyClose::Shutdown),
+                    _ = poll_fn(|cx| poll_signal(&mut rebalance, cx)), if listens_rebalance && !rebalanced => Wake::Proxy(ProxyClose::Rebalance),
+                    _ = poll_fn(|cx| poll_signal(&mut detach, cx)), if resume && !detach_fired && !closing => Wake::Detach,
+                    _ = &mut timer, if armed.is_some() => {
+                        match deadlines.due(TokioInstant::now(), !closing, close_armed) {
+                            Some(Due::Idle) => Wake::Idle,
+                            Some(Due::Expiry) => Wake::Proxy(ProxyClose::Expired),
+                            Some(Due::Lifetime) => Wake::Proxy(ProxyClose::Lifetime),
+                            Some(Due::Ping) => Wake::Ping,
+                            Some(Due::Close) => Wake::CloseTimeout,
+                            None => {
+                                // Woken before any deadline (cannot happen with tokio's timer,
+                                // which rounds up): arm it again.
+                                armed = None;
+                                continue;
+                            }
                         }
                     }
-                    if !down.is_done() {
-                        if let Poll::Ready(e) = down.poll(cx, &mut upstream, &mut client) {
-                            return Poll::Ready((false, e));
-                        }
-                    }
-                    Poll::Pending
-                }) => Wake::Pump(from_client, event),
-                _ = &mut shutdown, if !shutting_down => Wake::Proxy(ProxyClose::Shutdown),
-                _ = &mut rebalance, if mode.rebalance && !rebalanced => Wake::Proxy(ProxyClose::Rebalance),
-                _ = &mut detach, if mode.resume && !detach_fired && !closing => Wake::Detach,
-                _ = &mut timer, if armed.is_some() => {
-                    match deadlines.due(TokioInstant::now(), !closing, close_armed) {
-                        Some(Due::Idle) => Wake::Idle,
-                        Some(Due::Expiry) => Wake::Proxy(ProxyClose::Expired),
-                        Some(Due::Lifetime) => Wake::Proxy(ProxyClose::Lifetime),
-                        Some(Due::Ping) => Wake::Ping,
-                        Some(Due::Close) => Wake::CloseTimeout,
-                        None => {
-                            // Woken before any deadline (cannot happen with tokio's timer,
-                            // which rounds up): arm it again.
-                            armed = None;
-                            continue;
-                        }
-                    }
-                }
-            };
-            let wake = match wake {
-                Wake::Idle if up.activity + down.activity > 0 => {
-                    // Traffic since the timer was set: push it out instead of resetting the
-                    // timer on every read, which would cost a timer-wheel update per chunk.
-                    up.activity = 0;
-                    down.activity = 0;
-                    deadlines.idle = idle_every.map(|d| TokioInstant::now() + d);
-                    continue;
-                }
-                Wake::Idle => Wake::Proxy(ProxyClose::Idle),
-                Wake::Ping => {
-                    // Anything from the client since the last check (a pong or data) proves
-                    // it alive; otherwise ping it, and if a ping is already unanswered, give up.
-                    let heard = std::mem::take(&mut up.heard) > 0;
-                    if heard || !ping_outstanding {
-                        if !heard {
-                            down.ping_dst();
-                        }
-                        ping_outstanding = !heard;
-                        deadlines.ping = ping_every.map(|d| TokioInstant::now() + d);
+                };
+                let wake = match wake {
+                    Wake::Idle if up.activity + down.activity > 0 => {
+                        // Traffic since the timer was set: push it out instead of resetting the
+                        // timer on every read, which would cost a timer-wheel update per chunk.
+                        up.activity = 0;
+                        down.activity = 0;
+                        deadlines.idle = settings.idle_timeout.map(|d| TokioInstant::now() + d);
                         continue;
                     }
-                    Wake::Proxy(ProxyClose::PingTimeout)
-                }
-                other => other,
-            };
-            // Anything but the switch itself cancels a planned switch under way.
-            let switch_event = matches!(
-                wake,
-                Wake::Pump(_, Event::Parked | Event::SourceLost | Event::DstLost)
-                    | Wake::Detach
-                    | Wake::CloseTimeout
-            );
-            if detaching && !switch_event {
-                detaching = false;
-                up.undetach();
-                down.undetach();
-            }
-            match wake {
-                Wake::Pump(from_client, event) => match event {
-                    Event::Closed(seen) => {
-                        if from_client {
-                            down.peer_closed = true;
-                        } else {
-                            up.peer_closed = true;
-                        }
-                        if report.closed_by.is_empty() {
-                            report.closed_by = if from_client { "client" } else { "backend" };
-                            report.close_code = seen.code.or(Some(1005));
-                        }
-                    }
-                    Event::Violation(v) => {
-                        if report.closed_by.is_empty() {
-                            report.closed_by = "proxy";
-                            report.close_code = Some(v.code);
-                            report.proxy_reason = Some(v.reason);
-                        }
-                        // The offender gets the code; its peer did nothing wrong and is told
-                        // why the socket ends, except for invalid UTF-8, where both sides get
-                        // 1007 so a backend learns its client sent a bad message.
-                        let utf8 = v.code == frame::INVALID_PAYLOAD;
-                        if from_client {
-                            down.close_dst(v.code, v.reason);
-                            if utf8 {
-                                up.close_dst(v.code, "client sent invalid UTF-8");
-                            } else {
-                                up.close_dst(1001, "client protocol error");
+                    Wake::Idle => Wake::Proxy(ProxyClose::Idle),
+                    Wake::Ping => {
+                        // Anything from the client since the last check (a pong or data) proves
+                        // it alive; otherwise ping it, and if a ping is already unanswered, give up.
+                        let heard = std::mem::take(&mut up.heard) > 0;
+                        if heard || !ping_outstanding {
+                            if !heard {
+                                down.ping_dst();
                             }
-                        } else {
-                            up.close_dst(v.code, v.reason);
-                            if utf8 {
-                                down.close_dst(v.code, "backend sent invalid UTF-8");
-                            } else {
-                                down.close_dst(1014, "backend protocol error");
-                            }
+                            ping_outstanding = !heard;
+                            deadlines.ping =
+                                settings.ping_interval.map(|d| TokioInstant::now() + d);
+                            continue;
                         }
+                        Wake::Proxy(ProxyClose::PingTimeout)
                     }
-                    Event::Finished => {
-                        if report.closed_by.is_empty() {
-                            report.closed_by = if from_client { "client" } else { "backend" };
-                        }
-                        if (up.is_done() || up.is_parked()) && (down.is_done() || down.is_parked())
-                        {
-                            break;
-                        }
-                        // Both close frames have crossed and one side is gone: the close
-                        // handshake is complete, so a peer that never sends its FIN must not
-                        // hold the other socket for the whole close timeout.
-                        if up.src_close.is_some() && down.src_close.is_some() {
-                            break;
-                        }
-                    }
-                    Event::SourceLost => {
-                        // The backend vanished; the client has whole messages only.
-                        if report.closed_by.is_empty() && up.park_client_side() {
-                            gone = Some(false);
-                            break;
-                        }
-                        down.give_up_parked();
-                    }
-                    Event::DstLost => {
-                        // Writing to the backend failed: its read side tells how it ended
-                        // (at a boundary or not). Bounded by the close timeout.
-                        lost_write = true;
-                        deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
-                    }
-                    Event::Parked => {
-                        if up.is_parked() && down.is_parked() {
-                            gone = Some(true);
-                            break;
-                        }
-                    }
-                },
-                Wake::Detach => {
-                    detach_fired = true;
-                    if report.closed_by.is_empty() {
-                        detaching = true;
-                        up.detach();
-                        down.detach();
-                        deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
-                    }
-                }
-                Wake::Proxy(why) => {
-                    let (code, reason) = match why {
-                        ProxyClose::Shutdown => {
-                            shutting_down = true;
-                            (1001, "going away")
-                        }
-                        ProxyClose::Idle => (1001, "idle timeout"),
-                        ProxyClose::Expired => (4401, "token expired"),
-                        ProxyClose::Lifetime => (1001, "max lifetime"),
-                        ProxyClose::PingTimeout => (1001, "ping timeout"),
-                        ProxyClose::Rebalance => {
-                            rebalanced = true;
-                            (1012, "rebalance")
-                        }
-                    };
-                    if report.closed_by.is_empty() {
-                        report.closed_by = "proxy";
-                        report.close_code = Some(code);
-                        report.proxy_reason = Some(reason);
-                    }
-                    down.close_dst(code, reason);
-                    up.close_dst(1001, reason);
-                }
-                Wake::Idle | Wake::Ping => {}
-                Wake::CloseTimeout if (detaching || lost_write) && !closing => {
-                    // No clean boundary in time: close as when a backend dies.
+                    other => other,
+                };
+                // Anything but the switch itself cancels a planned switch under way.
+                let switch_event = matches!(
+                    wake,
+                    Wake::Pump(_, Event::Parked | Event::SourceLost | Event::DstLost)
+                        | Wake::Detach
+                        | Wake::CloseTimeout
+                );
+                if detaching && !switch_event {
                     detaching = false;
-                    lost_write = false;
                     up.undetach();
                     down.undetach();
-                    down.give_up_parked();
-                    report.closed_by = "proxy";
-                    report.close_code = Some(1012);
-                    report.proxy_reason = Some("backend went away");
-                    down.close_dst(1012, "backend went away");
-                    up.close_dst(1001, "backend went away");
                 }
-                Wake::CloseTimeout => break,
+                match wake {
+                    Wake::Pump(from_client, event) => match event {
+                        Event::Closed(seen) => {
+                            if from_client {
+                                down.peer_closed = true;
+                            } else {
+                                up.peer_closed = true;
+                            }
+                            if report.closed_by.is_empty() {
+                                report.closed_by = if from_client { "client" } else { "backend" };
+                                report.close_code = seen.code.or(Some(1005));
+                            }
+                        }
+                        Event::Violation(v) => {
+                            if report.closed_by.is_empty() {
+                                report.closed_by = "proxy";
+                                report.close_code = Some(v.code);
+                                report.proxy_reason = Some(v.reason);
+                            }
+                            // The offender gets the code; its peer did nothing wrong and is told
+                            // why the socket ends, except for invalid UTF-8, where both sides get
+                            // 1007 so a backend learns its client sent a bad message.
+                            let utf8 = v.code == frame::INVALID_PAYLOAD;
+                            if from_client {
+                                down.close_dst(v.code, v.reason);
+                                if utf8 {
+                                    up.close_dst(v.code, "client sent invalid UTF-8");
+                                } else {
+                                    up.close_dst(1001, "client protocol error");
+                                }
+                            } else {
+                                up.close_dst(v.code, v.reason);
+                                if utf8 {
+                                    down.close_dst(v.code, "backend sent invalid UTF-8");
+                                } else {
+                                    down.close_dst(1014, "backend protocol error");
+                                }
+                            }
+                        }
+                        Event::Finished => {
+                            if report.closed_by.is_empty() {
+                                report.closed_by = if from_client { "client" } else { "backend" };
+                            }
+                            if (up.is_done() || up.is_parked())
+                                && (down.is_done() || down.is_parked())
+                            {
+                                break;
+                            }
+                            // Both close frames have crossed and one side is gone: the close
+                            // handshake is complete, so a peer that never sends its FIN must not
+                            // hold the other socket for the whole close timeout.
+                            if up.src_close.is_some() && down.src_close.is_some() {
+                                break;
+                            }
+                        }
+                        Event::SourceLost => {
+                            // The backend vanished; the client has whole messages only.
+                            if report.closed_by.is_empty() && up.park_client_side() {
+                                gone = Some(false);
+                                break;
+                            }
+                            down.give_up_parked();
+                        }
+                        Event::DstLost => {
+                            // Writing to the backend failed: its read side tells how it ended
+                            // (at a boundary or not). Bounded by the close timeout.
+                            lost_write = true;
+                            deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
+                        }
+                        Event::Parked => {
+                            if up.is_parked() && down.is_parked() {
+                                gone = Some(true);
+                                break;
+                            }
+                        }
+                    },
+                    Wake::Detach => {
+                        detach_fired = true;
+                        if report.closed_by.is_empty() {
+                            detaching = true;
+                            up.detach();
+                            down.detach();
+                            deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
+                        }
+                    }
+                    Wake::Proxy(why) => {
+                        let (code, reason) = match why {
+                            ProxyClose::Shutdown => {
+                                shutting_down = true;
+                                (1001, "going away")
+                            }
+                            ProxyClose::Idle => (1001, "idle timeout"),
+                            ProxyClose::Expired => (4401, "token expired"),
+                            ProxyClose::Lifetime => (1001, "max lifetime"),
+                            ProxyClose::PingTimeout => (1001, "ping timeout"),
+                            ProxyClose::Rebalance => {
+                                rebalanced = true;
+                                (1012, "rebalance")
+                            }
+                        };
+                        if report.closed_by.is_empty() {
+                            report.closed_by = "proxy";
+                            report.close_code = Some(code);
+                            report.proxy_reason = Some(reason);
+                        }
+                        down.close_dst(code, reason);
+                        up.close_dst(1001, reason);
+                    }
+                    Wake::Idle | Wake::Ping => {}
+                    Wake::CloseTimeout if (detaching || lost_write) && !closing => {
+                        // No clean boundary in time: close as when a backend dies.
+                        detaching = false;
+                        lost_write = false;
+                        up.undetach();
+                        down.undetach();
+                        down.give_up_parked();
+                        report.closed_by = "proxy";
+                        report.close_code = Some(1012);
+                        report.proxy_reason = Some("backend went away");
+                        down.close_dst(1012, "backend went away");
+                        up.close_dst(1001, "backend went away");
+                    }
+                    Wake::CloseTimeout => break,
+                }
+                if !closing
+                    && (up.dst_closed
+                        || down.dst_closed
+                        || up.is_done()
+                        || down.is_done()
+                        || !report.closed_by.is_empty())
+                {
+                    closing = true;
+                    deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
+                }
             }
-            if !closing
-                && (up.dst_closed
-                    || down.dst_closed
-                    || up.is_done()
-                    || down.is_done()
-                    || !report.closed_by.is_empty())
-            {
-                closing = true;
-                deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
-            }
-        }
-        report.bytes_up = up.bytes;
-        report.bytes_down = base.bytes_down + down.bytes;
-        report.messages_up = up.messages();
-        report.messages_down = base.messages_down + down.messages();
-        report.messages_dropped = up.dropped();
+            let report = RelayReport {
+                bytes_up: up.bytes,
+                bytes_down: base_down.0 + down.bytes,
+                messages_up: up.messages(),
+                messages_down: base_down.1 + down.messages(),
+                closed_by: report.closed_by,
+                close_code: report.close_code,
+                proxy_reason: report.proxy_reason,
+                messages_dropped: up.dropped(),
+            };
+            (report, gone)
+        };
         match gone {
             None => RelayEnd::Closed(report),
             Some(planned) => {
@@ -753,6 +800,59 @@ fn run<'a>(
                     planned,
                 }))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    /// An idle socket costs mostly its task, and the relay is most of the task: these
+    /// sizes are held by every open socket for its whole life (BENCHMARKS.md, "Memory
+    /// per idle connection"). Bounds are for debug builds, where futures are largest;
+    /// raising one is a decision about memory per socket, not a test to silence.
+    #[tokio::test]
+    async fn idle_socket_relay_stays_small() {
+        let (c, _c) = pair().await;
+        let (u, _u) = pair().await;
+        let settings = RelaySettings::default();
+        let token = CancellationToken::new();
+        // As the proxy builds it: drain or removal, and a rebalance signal.
+        let relay = relay_closing(
+            Stream::Tcp(c),
+            Stream::Tcp(u),
+            &[],
+            &[],
+            &settings,
+            Signal::new(token.clone(), Duration::from_secs(1)).or(Some(token.clone())),
+            Some(Signal::new(token.clone(), Duration::ZERO)),
+        );
+        let sizes = [
+            ("relay future", std::mem::size_of_val(&relay), 1344),
+            ("Pump", size_of::<Pump>(), 264),
+            ("FrameScanner", size_of::<frame::FrameScanner>(), 112),
+            ("Stream", size_of::<Stream>(), 40),
+            ("Signal", size_of::<Signal>(), 32),
+            ("SignalFuture", size_of::<signal::SignalFuture>(), 168),
+        ];
+        for (what, size, bound) in sizes {
+            eprintln!("{what}: {size} B (bound {bound} B)");
+        }
+        for (what, size, bound) in sizes {
+            assert!(size <= bound, "{what} is {size} B, over its {bound} B");
         }
     }
 }

@@ -79,8 +79,9 @@ pub(crate) struct Pump {
     inject_closes: bool,
     /// A close waiting for a half-written ping to finish.
     queued_close: Option<Box<ControlFrame>>,
-    /// Close frame sent to the source's peer when the source vanishes without one.
-    on_vanish: (u16, &'static str),
+    /// Close frame sent to the source's peer when the source vanishes without one
+    /// (a reference: 8 bytes of every socket's task instead of 24).
+    on_vanish: &'static (u16, &'static str),
     /// Whether frames written toward the destination must be masked.
     mask_to_dst: bool,
     /// The destination was left inside a frame ([`FrameScanner::cut`]): it gets a TCP
@@ -116,7 +117,7 @@ impl Pump {
         limiter: Option<MessageRateLimiter>,
         buf_size: usize,
         initial: &[u8],
-        on_vanish: (u16, &'static str),
+        on_vanish: &'static (u16, &'static str),
     ) -> Self {
         // Client-bound frames are unmasked, so the destination of a masked source is a
         // backend, which needs masked frames.
@@ -553,7 +554,7 @@ impl Pump {
         // then the destination only gets the shutdown.
         if !self.dst_closed && self.scanner.at_boundary() {
             if !(self.inject.is_some() && self.inject_closes) {
-                let (code, reason) = self.on_vanish;
+                let (code, reason) = *self.on_vanish;
                 self.inject = Some(Box::new(ControlFrame::close(
                     code,
                     reason,

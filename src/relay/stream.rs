@@ -26,8 +26,10 @@ pub enum Stream {
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS to a `wss://` backend.
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    /// An upgraded connection of a type wsgate did not accept itself.
-    Upgraded(TokioIo<Upgraded>),
+    /// An upgraded connection of a type wsgate did not accept itself. Boxed like the
+    /// TLS variants: hyper's `Upgraded` is ~80 bytes, and every socket's task holds
+    /// streams for its whole life, so the enum stays the size of a `TcpStream`.
+    Upgraded(Box<TokioIo<Upgraded>>),
 }
 
 impl Stream {
