@@ -111,9 +111,16 @@ fn main() -> std::process::ExitCode {
         .threads
         .or_else(|| std::env::var("WSGATE_THREADS").ok()?.parse().ok())
         .filter(|&n| n > 0);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One thread: the current-thread scheduler, like one nginx worker. It runs the same
+    // tasks without the work-stealing machinery (shared queues, wake-ups across threads)
+    // that a single worker has no use for.
+    let mut builder = if threads == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all();
-    if let Some(n) = threads {
+    if let Some(n) = threads.filter(|&n| n > 1) {
         builder.worker_threads(n);
     }
     let runtime = match builder.build() {
