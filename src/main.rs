@@ -51,7 +51,8 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
-    /// Runtime worker threads (default: one per core; also `WSGATE_THREADS`).
+    /// Runtime worker threads (default: one per core; also `WSGATE_THREADS`). 1 runs
+    /// tokio's current-thread scheduler, like one nginx worker.
     #[arg(long, value_name = "N", global = true)]
     threads: Option<usize>,
     #[command(subcommand)]

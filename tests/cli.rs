@@ -105,22 +105,10 @@ fn quick_mode_checks_its_backends() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ws://"));
 }
 
-/// SIGTERM drains (open sockets keep wsgate alive through the grace period); a second
-/// signal exits at once.
-#[test]
-fn second_signal_exits_at_once() {
-    use std::{
-        io::BufRead,
-        time::{Duration, Instant},
-    };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let backend = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(wsgate::demo::echo_backend(l, "b".into(), stop.clone()));
-        (addr, stop)
-    });
+/// Starts `wsgate --listen … --backend ws://BACKEND` plus `extra` on a free port and
+/// waits for its listener line; its stderr is drained from then on.
+fn spawn_quick(backend: std::net::SocketAddr, extra: &[&str]) -> (std::process::Child, u16) {
+    use std::io::BufRead;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -131,12 +119,12 @@ fn second_signal_exits_at_once() {
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--backend",
-            &format!("ws://{}", backend.0),
+            &format!("ws://{backend}"),
         ])
+        .args(extra)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the listener line.
     let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("proxying WebSockets") {
@@ -144,6 +132,61 @@ fn second_signal_exits_at_once() {
         assert!(err.read_line(&mut line).unwrap() > 0, "wsgate exited early");
     }
     std::thread::spawn(move || for _ in err.lines() {});
+    (child, port)
+}
+
+/// `--threads 1` (the current-thread runtime) relays and drains like the default.
+#[test]
+fn one_thread_relays_and_exits_cleanly_on_sigterm() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let backend = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(wsgate::demo::echo_backend(l, "b".into(), stop.clone()));
+        addr
+    });
+    let (mut child, port) = spawn_quick(backend, &["--threads", "1"]);
+    rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+            .await
+            .unwrap();
+        for i in 0..100 {
+            ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        }
+        for i in 0..100 {
+            assert_eq!(
+                ws.next().await.unwrap().unwrap(),
+                Message::text(format!("m{i}"))
+            );
+        }
+        ws.close(None).await.unwrap();
+    });
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    stop.cancel();
+}
+
+/// SIGTERM drains (open sockets keep wsgate alive through the grace period); a second
+/// signal exits at once.
+#[test]
+fn second_signal_exits_at_once() {
+    use std::time::{Duration, Instant};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backend = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(wsgate::demo::echo_backend(l, "b".into(), stop.clone()));
+        (addr, stop)
+    });
+    let (mut child, port) = spawn_quick(backend.0, &[]);
     let ws = rt
         .block_on(tokio_tungstenite::connect_async(format!(
             "ws://127.0.0.1:{port}/ws"
