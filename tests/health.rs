@@ -50,17 +50,6 @@ async fn whoami(ws: &mut Client) -> String {
     recv(ws).await.into_text().unwrap().to_string()
 }
 
-async fn metrics(g: &wsgate::server::Running) -> String {
-    let addr = g.admin.unwrap();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 /// A port nothing listens on.
 async fn dead_port() -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -109,19 +109,6 @@ fn config_with_admin(backends: &[&str]) -> String {
     )
 }
 
-async fn metrics(g: &Running) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(g.admin.unwrap())
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 fn tasks_alive(metrics: &str) -> usize {
     metrics
         .lines()

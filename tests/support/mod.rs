@@ -335,6 +335,18 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The admin listener's `/metrics` page (headers included).
+pub async fn metrics(g: &Running) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(g.admin.unwrap()).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 /// Asserts nothing is left open: sockets, per-backend counts.
 pub async fn assert_no_leak(g: &Running) {
     eventually("all proxied sockets released", || g.metrics.active() == 0).await;
