@@ -531,7 +531,7 @@ impl Pump {
                     // FIN anyway: a shutdown first would be a wasted system call. TLS
                     // still gets its close_notify.
                     let handshake_done = self.src_close.is_some() && self.peer_closed;
-                    if !(handshake_done && dst.lends_buffers()) {
+                    if !(handshake_done && matches!(dst, Stream::Tcp(_))) {
                         // The peer may already be gone; shutting down is best effort.
                         let _ = ready!(Pin::new(&mut *dst).poll_shutdown(cx));
                     }
