@@ -255,6 +255,12 @@ pub fn relay<'a>(
     )
 }
 
+/// What a relay waits on to close or move a socket (a drain, a removal, a rebalance):
+/// anything that becomes a `Future<Output = ()>`, for as long as the relay runs.
+pub(crate) trait Waitable<'a>: IntoFuture<Output = (), IntoFuture: 'a> + 'a {}
+
+impl<'a, T: IntoFuture<Output = (), IntoFuture: 'a> + 'a> Waitable<'a> for T {}
+
 /// [`relay`], closing both sides with 1012 "rebalance" when `rebalance` (if any) resolves.
 ///
 /// This and the other entry points are plain functions that build the pumps and return
@@ -272,10 +278,8 @@ pub(crate) fn relay_closing<'a, S, R>(
     rebalance: Option<R>,
 ) -> impl Future<Output = RelayReport> + 'a
 where
-    S: IntoFuture<Output = ()> + 'a,
-    S::IntoFuture: 'a,
-    R: IntoFuture<Output = ()> + 'a,
-    R::IntoFuture: 'a,
+    S: Waitable<'a>,
+    R: Waitable<'a>,
 {
     let up = up_pump(settings, client_initial);
     let down = down_pump(settings, upstream_initial);
@@ -310,10 +314,8 @@ pub(crate) fn relay_resumable<'a, S, D>(
     detach: D,
 ) -> impl Future<Output = RelayEnd> + 'a
 where
-    S: IntoFuture<Output = ()> + 'a,
-    S::IntoFuture: 'a,
-    D: IntoFuture<Output = ()> + 'a,
-    D::IntoFuture: 'a,
+    S: Waitable<'a>,
+    D: Waitable<'a>,
 {
     let up = up_pump(settings, client_initial).resumable();
     let down = down_pump(settings, upstream_initial).resumable();
@@ -340,10 +342,8 @@ pub(crate) fn relay_resumed<'a, S, D>(
     detach: D,
 ) -> impl Future<Output = RelayEnd> + 'a
 where
-    S: IntoFuture<Output = ()> + 'a,
-    S::IntoFuture: 'a,
-    D: IntoFuture<Output = ()> + 'a,
-    D::IntoFuture: 'a,
+    S: Waitable<'a>,
+    D: Waitable<'a>,
 {
     let Detached {
         client,
@@ -501,12 +501,9 @@ fn run<'a, S, R, D>(
     base_down: (u64, u64),
 ) -> impl Future<Output = RelayEnd> + 'a
 where
-    S: IntoFuture<Output = ()> + 'a,
-    S::IntoFuture: 'a,
-    R: IntoFuture<Output = ()> + 'a,
-    R::IntoFuture: 'a,
-    D: IntoFuture<Output = ()> + 'a,
-    D::IntoFuture: 'a,
+    S: Waitable<'a>,
+    R: Waitable<'a>,
+    D: Waitable<'a>,
 {
     async move {
         // The loop's state lives in this block, so none of it is kept beside the final
