@@ -12,6 +12,7 @@
 //! | [`config`] | the TOML contract: shape, loading, validation (errors name file and key) |
 //! | [`server`] | listeners, TLS termination, per-route layer stacks, graceful shutdown |
 //! | [`proxy`] | the WebSocket route handler: upstream handshake first, then the client's 101 |
+//! | `upgrade` | HTTP/1.1 WebSocket upgrades read, routed and answered without hyper's driver (the rest goes to hyper) |
 //! | [`upstream`] | TCP/TLS connect to a backend and the upstream half of the handshake; failover, health checks, warm pool, DNS discovery, backend-set changes |
 //! | [`reload`] | SIGHUP and file-change reloads of the backend lists |
 //! | [`relay`] | everything after the 101: the frame-header relay (design notes there) |
@@ -46,4 +47,5 @@ pub mod server;
 #[cfg(target_os = "linux")]
 mod sockopt;
 pub mod tls;
+mod upgrade;
 pub mod upstream;

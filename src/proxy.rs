@@ -44,6 +44,7 @@ use crate::{
         frame::text_frame, relay_closing, relay_resumable, relay_resumed, RelayEnd, RelayReport,
         RelaySettings, Signal, Stream,
     },
+    upgrade::{IntoStream, PendingUpgrade, Prefixed},
     upstream::{
         resume::{resumed_handshake, resumed_headers, strip_resume_headers, ResumeRequest},
         Connector, Opened,
@@ -291,7 +292,7 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
         selected.upstream.served(&k.0, &backend);
     }
 
-    let Some(on_upgrade) = req.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+    let Some(pending) = PendingUpgrade::take(&mut req.extensions) else {
         return (
             Outcome::BadRequest,
             HandshakeRejection::Bad("this connection cannot be upgraded").into_response(),
@@ -380,14 +381,13 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
             task_route.active.fetch_add(1, Ordering::Relaxed);
             let _route_count = RouteCount(&task_route.active);
             let started = Instant::now();
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
+            let (client, initial) = match pending.wait().await {
+                Ok(c) => c,
                 Err(e) => {
                     debug!(error = %e, "client left before the upgrade completed");
                     return;
                 }
             };
-            let (client, initial) = unwrap_upgraded(upgraded);
             let report = if let Some(boxed) = resume {
                 let (resume, req, key, upstream) = *boxed;
                 // Boxed: a resumable socket's state (the reconnect, a second relay) is
@@ -575,20 +575,33 @@ fn request_id(headers: &http::HeaderMap, trusted_peer: bool) -> String {
 
 /// Recovers the client's socket from hyper's upgrade, so the relay reads the socket
 /// directly (and can wait for readability without holding a buffer).
-fn unwrap_upgraded(upgraded: Upgraded) -> (Stream, Bytes) {
+pub(crate) fn unwrap_upgraded(upgraded: Upgraded) -> (Stream, Bytes) {
+    type Tls = tokio_rustls::server::TlsStream<TcpStream>;
     // hyper's leftover bytes are a view into its whole read buffer (8 KiB or more);
     // holding the view would pin that buffer for the socket's life. Copy the few bytes
     // (usually none, which allocates nothing) and let the buffer go.
     let own = |b: Bytes| Bytes::copy_from_slice(&b);
+    // A socket the fast path read from first may still have unread bytes in front.
+    fn unprefix<I: IntoStream>(p: Prefixed<I>, read_buf: Bytes) -> (Stream, Bytes) {
+        let (prefix, io) = p.into_parts();
+        let mut initial = prefix.to_vec();
+        initial.extend_from_slice(&read_buf);
+        (io.into_stream(), Bytes::from(initial))
+    }
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => return (Stream::Tcp(parts.io.into_inner()), own(parts.read_buf)),
         Err(u) => u,
     };
-    match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
-        Ok(parts) => (
-            Stream::ServerTls(Box::new(parts.io.into_inner())),
-            own(parts.read_buf),
-        ),
+    let upgraded = match upgraded.downcast::<TokioIo<Tls>>() {
+        Ok(parts) => return (parts.io.into_inner().into_stream(), own(parts.read_buf)),
+        Err(u) => u,
+    };
+    let upgraded = match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
+        Ok(parts) => return unprefix(parts.io.into_inner(), parts.read_buf),
+        Err(u) => u,
+    };
+    match upgraded.downcast::<TokioIo<Prefixed<Tls>>>() {
+        Ok(parts) => unprefix(parts.io.into_inner(), parts.read_buf),
         Err(u) => (Stream::Upgraded(Box::new(TokioIo::new(u))), Bytes::new()),
     }
 }

@@ -42,6 +42,7 @@ use crate::{
     metrics::Metrics,
     proxy::{handle, ConnMeta, RouteProxy, Shared},
     relay::RelaySettings,
+    upgrade::{IntoStream, Outcome as FastPath},
     upstream::{
         check_health, check_sticky,
         failover::Retry,
@@ -585,22 +586,33 @@ async fn serve_connection(
     };
     match tls {
         None => serve_http(stream, peer, router, opts, false, stop).await,
-        Some(acceptor) => {
-            // The TLS handshake counts against the same deadline as the request head, so
-            // a client trickling a ClientHello is cut off like a slow HTTP client.
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = tokio::time::timeout(opts.handshake_timeout, acceptor.accept(stream)) => r,
-            };
-            match accepted {
-                Ok(Ok(tls_stream)) if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                    serve_h2(tls_stream, peer, router, opts, stop).await
-                }
-                Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, router, opts, true, stop).await,
-                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => debug!(%peer, "TLS handshake timed out"),
-            }
+        // Boxed: the TLS states are large, and inline they would size (and be copied
+        // with) every plain connection's task too.
+        Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, router, opts, stop)).await,
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Router,
+    opts: ConnOptions,
+    stop: CancellationToken,
+) {
+    // The TLS handshake counts against the same deadline as the request head, so a client
+    // trickling a ClientHello is cut off like a slow HTTP client.
+    let accepted = tokio::select! {
+        _ = stop.cancelled() => return,
+        r = tokio::time::timeout(opts.handshake_timeout, acceptor.accept(stream)) => r,
+    };
+    match accepted {
+        Ok(Ok(tls_stream)) if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+            serve_h2(tls_stream, peer, router, opts, stop).await
         }
+        Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, router, opts, true, stop).await,
+        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => debug!(%peer, "TLS handshake timed out"),
     }
 }
 
@@ -693,6 +705,9 @@ async fn serve_h2<I>(
     }
 }
 
+/// Serves an HTTP/1.1 connection: a plain WebSocket upgrade on the fast path
+/// ([`crate::upgrade`]), anything else (and whatever follows a refusal on a kept-alive
+/// connection) with hyper.
 async fn serve_http<I>(
     io: I,
     peer: SocketAddr,
@@ -701,9 +716,49 @@ async fn serve_http<I>(
     tls: bool,
     stop: CancellationToken,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static + IntoStream,
 {
     let meta = ConnMeta { tls };
+    let outcome = {
+        let fast = crate::upgrade::serve(
+            io,
+            opts.max_header_bytes,
+            opts.handshake_timeout,
+            |mut req: Request| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                req.extensions_mut().insert(meta);
+                let resp = router.clone().oneshot(req);
+                async move { resp.await.unwrap_or_else(|e| match e {}) }
+            },
+        );
+        let mut fast = std::pin::pin!(fast);
+        tokio::select! {
+            o = fast.as_mut() => o,
+            // As hyper's graceful shutdown: a handshake under way may finish, briefly.
+            _ = stop.cancelled() => match tokio::time::timeout(Duration::from_secs(5), fast).await {
+                Ok(o) => o,
+                Err(_) => return,
+            },
+        }
+    };
+    match outcome {
+        FastPath::Done => {}
+        // Boxed for the same reason as TLS: hyper's connection state is large and rare here.
+        FastPath::Fallback(io) => Box::pin(serve_hyper(io, peer, router, opts, meta, stop)).await,
+    }
+}
+
+/// Serves an HTTP/1.1 connection with hyper (upgrades on).
+async fn serve_hyper<I>(
+    io: I,
+    peer: SocketAddr,
+    router: Router,
+    opts: ConnOptions,
+    meta: ConnMeta,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
         req.extensions_mut().insert(meta);
@@ -740,6 +795,33 @@ async fn serve_http<I>(
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// Every accepted socket's task is this future, moved into the task when spawned: the
+    /// TLS and hyper states are boxed so a plain connection does not carry (or copy) them.
+    #[tokio::test]
+    async fn a_plain_connection_task_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let opts = ConnOptions {
+            handshake_timeout: Duration::from_secs(1),
+            max_header_bytes: 8192,
+            max_headers: 100,
+            proxy_protocol: None,
+        };
+        let peer = client.local_addr().unwrap();
+        let fut = serve_connection(
+            client,
+            peer,
+            Router::new(),
+            opts,
+            None,
+            CancellationToken::new(),
+        );
+        // 2,232 B in a debug build (the fast path's head, request and router future);
+        // with TLS or hyper's HTTP/1 state inline it was over 7 KiB.
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 3072, "{size} B");
+    }
 
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay_and_wait_for_the_first_bytes() {

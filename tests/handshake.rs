@@ -232,3 +232,96 @@ async fn permessage_deflate_offer_reaches_the_backend_and_its_answer_the_client(
         "unknown extensions must not be offered upstream"
     );
 }
+
+/// Reads one HTTP answer (head and `Content-Length` body) from `s`, leaving the
+/// connection open; returns the head.
+async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut b))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    head
+}
+
+fn upgrade_request(extra: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {SAMPLE_KEY}\r\n{extra}\r\n"
+    )
+}
+
+#[tokio::test]
+async fn a_frame_sent_in_the_same_write_as_the_request_head_is_relayed() {
+    use tokio::io::AsyncWriteExt;
+    let b = Backend::start(BackendOpts::named("a")).await;
+    let g = gate(&one_route(&[&b.url], "")).await;
+    let mut s = tokio::net::TcpStream::connect(g.listen[0]).await.unwrap();
+    // A client that does not wait for the 101 before its first message.
+    let mut bytes = upgrade_request("").into_bytes();
+    bytes.extend_from_slice(&masked_frame(0x81, b"early"));
+    s.write_all(&bytes).await.unwrap();
+    let head = read_answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(read_frame(&mut s).await, (1, b"early".to_vec()));
+}
+
+#[tokio::test]
+async fn a_connection_refused_an_upgrade_can_upgrade_with_its_next_request() {
+    use tokio::io::AsyncWriteExt;
+    let b = Backend::start(BackendOpts::named("a")).await;
+    let g = gate(&one_route(&[&b.url], "origins = [\"https://app.test\"]")).await;
+    let mut s = tokio::net::TcpStream::connect(g.listen[0]).await.unwrap();
+    s.write_all(upgrade_request("Origin: https://evil.test\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("\r\ndate: "), "{head}");
+    // The refusal kept the connection: the next request on it is served.
+    s.write_all(upgrade_request("Origin: https://app.test\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(&masked_frame(0x81, b"second")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (1, b"second".to_vec()));
+}
+
+#[tokio::test]
+async fn a_plain_request_then_an_upgrade_on_one_connection_are_both_served() {
+    use tokio::io::AsyncWriteExt;
+    let b = Backend::start(BackendOpts::named("a")).await;
+    let g = gate(&one_route(&[&b.url], "")).await;
+    let mut s = tokio::net::TcpStream::connect(g.listen[0]).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+    // The upgrade and a first frame in one write, on the connection hyper now serves.
+    let mut bytes = upgrade_request("").into_bytes();
+    bytes.extend_from_slice(&masked_frame(0x81, b"after"));
+    s.write_all(&bytes).await.unwrap();
+    let head = read_answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(read_frame(&mut s).await, (1, b"after".to_vec()));
+    drop(s);
+    assert_no_leak(&g).await;
+}
