@@ -504,7 +504,11 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     #[cfg(target_os = "linux")]
     crate::sockopt::defer_accept(&socket, DEFER_ACCEPT_SECS)?;
     socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    let listener = socket.listen(BACKLOG)?;
+    // After `listen`, which resets the delayed-ACK state the accepted sockets inherit.
+    #[cfg(target_os = "linux")]
+    crate::sockopt::delay_acks(&listener)?;
+    Ok(listener)
 }
 
 /// How long the kernel holds a connection whose client has sent nothing yet.
@@ -801,7 +805,9 @@ mod tests {
     #[tokio::test]
     async fn a_plain_connection_task_stays_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let opts = ConnOptions {
             handshake_timeout: Duration::from_secs(1),
             max_header_bytes: 8192,
@@ -838,6 +844,11 @@ mod tests {
             .expect("accepted once the client spoke")
             .unwrap();
         assert!(accepted.nodelay().unwrap(), "TCP_NODELAY not inherited");
+        // Delayed ACKs inherited too: the request is acknowledged by the answer.
+        assert!(
+            !crate::sockopt::quickack(&accepted).unwrap(),
+            "accepted socket acknowledges at once"
+        );
         // The first bytes are there when the socket is handed over.
         let mut buf = [0u8; 64];
         assert!(accepted.try_read(&mut buf).unwrap() > 0);

@@ -1,13 +1,19 @@
 //! Opening the upstream socket and upgrading it.
 
-use std::{io, net::IpAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
 
 use http::{HeaderMap, StatusCode};
 use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
     time::timeout,
 };
 use tokio_rustls::TlsConnector;
@@ -165,11 +171,10 @@ impl Connector {
         // IP literals skip the resolver; names are resolved on every connect, so a DNS
         // change takes effect for the next socket.
         let tcp = match (backend.addr(), url.host().parse::<IpAddr>()) {
-            (Some(ip), _) | (None, Ok(ip)) => TcpStream::connect((ip, url.port())).await,
-            (None, Err(_)) => TcpStream::connect((url.host(), url.port())).await,
+            (Some(ip), _) | (None, Ok(ip)) => connect_addr((ip, url.port()).into()).await,
+            (None, Err(_)) => connect_name(url.host(), url.port()).await,
         }
         .map_err(io_err)?;
-        tcp.set_nodelay(true).map_err(io_err)?;
         if !url.is_secure() {
             return Ok(Stream::Tcp(tcp));
         }
@@ -280,5 +285,64 @@ async fn upgrade(
                 body,
             })
         }
+    }
+}
+
+/// Opens a TCP connection to a backend, set up before the SYN: `TCP_NODELAY` (relayed
+/// frames must not wait for Nagle), and delayed ACKs so the ACK of the SYN-ACK rides on
+/// the upgrade request instead of leaving as a segment of its own
+/// ([`crate::sockopt::delay_acks`]).
+async fn connect_addr(addr: SocketAddr) -> io::Result<TcpStream> {
+    backend_socket(addr)?.connect(addr).await
+}
+
+fn backend_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_nodelay(true)?;
+    #[cfg(target_os = "linux")]
+    crate::sockopt::delay_acks(&socket)?;
+    Ok(socket)
+}
+
+/// [`connect_addr`] to each address `host` resolves to, in turn, until one answers.
+async fn connect_name(host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        match connect_addr(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolved to no address"),
+        )
+    }))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn backend_sockets_have_nodelay_and_delayed_acks_from_the_start() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        // Set before the SYN: the ACK of the SYN-ACK then waits to ride on the request
+        // (the kernel leaves delayed-ACK mode as it does so, so this is the moment to
+        // look).
+        let socket = backend_socket(addr).unwrap();
+        assert!(!crate::sockopt::quickack(&socket).unwrap());
+        let s = socket.connect(addr).await.unwrap();
+        assert!(s.nodelay().unwrap());
+        let by_name = connect_name("localhost", l.local_addr().unwrap().port()).await;
+        // `localhost` may resolve to ::1 first, where nothing listens: the next address
+        // is tried.
+        assert!(by_name.is_ok(), "{by_name:?}");
     }
 }
