@@ -218,3 +218,41 @@ pub fn check_upstream_response(raw: &[u8]) {
         Ok(None) | Err(_) => {}
     }
 }
+
+/// Runs `raw` through the fast path's request-head parser (`upgrade`): a head it takes
+/// must be a GET/1.1 WebSocket upgrade without a body, and the request built from it
+/// must carry exactly the headers parsed, each value unchanged.
+pub fn check_fast_request_head(raw: &[u8]) {
+    use crate::upgrade::{build_request, shape, Shape};
+    let Shape::Upgrade(len) = shape(raw) else {
+        return;
+    };
+    assert!(len <= raw.len(), "head longer than the input");
+    let buf = bytes::Bytes::copy_from_slice(raw);
+    let Some(req) = build_request(&buf, len) else {
+        return;
+    };
+    assert_eq!(req.method(), Method::GET);
+    assert_eq!(req.version(), Version::HTTP_11);
+    let h = req.headers();
+    assert!(!h.contains_key(http::header::CONTENT_LENGTH));
+    assert!(!h.contains_key(http::header::TRANSFER_ENCODING));
+    assert!(h.get_all(http::header::UPGRADE).iter().any(|v| v
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))));
+    let mut slots = [httparse::EMPTY_HEADER; crate::upgrade::MAX_FAST_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    assert!(matches!(
+        parsed.parse(&raw[..len]),
+        Ok(httparse::Status::Complete(_))
+    ));
+    assert_eq!(h.len(), parsed.headers.len(), "headers lost or added");
+    for p in parsed.headers.iter() {
+        assert!(
+            h.get_all(p.name).iter().any(|v| v.as_bytes() == p.value),
+            "header {} changed",
+            p.name
+        );
+    }
+}
