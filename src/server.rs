@@ -728,6 +728,7 @@ async fn serve_http<I>(
             io,
             opts.max_header_bytes,
             opts.handshake_timeout,
+            &stop,
             |mut req: Request| {
                 req.extensions_mut().insert(PeerAddr(peer));
                 req.extensions_mut().insert(meta);
@@ -738,7 +739,8 @@ async fn serve_http<I>(
         let mut fast = std::pin::pin!(fast);
         tokio::select! {
             o = fast.as_mut() => o,
-            // As hyper's graceful shutdown: a handshake under way may finish, briefly.
+            // As hyper's graceful shutdown: a handshake under way may finish, briefly (one
+        // still waiting for its head ends at once: `serve` watches `stop` too).
             _ = stop.cancelled() => match tokio::time::timeout(Duration::from_secs(5), fast).await {
                 Ok(o) => o,
                 Err(_) => return,

@@ -32,6 +32,7 @@ use tokio::{
     net::TcpStream,
     sync::oneshot,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::relay::Stream;
 
@@ -126,10 +127,13 @@ pub(crate) enum Outcome<I> {
 /// Reads one request head from `io`; if it is a plain WebSocket upgrade, runs it through
 /// `router` and writes the answer. `limit` caps the head (`server.max_header_bytes`),
 /// `read_timeout` bounds the wait for it (`server.handshake_timeout`).
+/// A shutdown (`stop`) ends the wait for a head at once, as hyper's graceful shutdown
+/// closes idle connections.
 pub(crate) async fn serve<I, F, Fut>(
     mut io: I,
     limit: usize,
     read_timeout: std::time::Duration,
+    stop: &CancellationToken,
     call: F,
 ) -> Outcome<I>
 where
@@ -137,7 +141,11 @@ where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: std::future::Future<Output = Response<Body>>,
 {
-    let head = match tokio::time::timeout(read_timeout, read_head(&mut io, limit)).await {
+    let read = tokio::select! {
+        r = tokio::time::timeout(read_timeout, read_head(&mut io, limit)) => r,
+        _ = stop.cancelled() => return Outcome::Done,
+    };
+    let head = match read {
         // A client silent (or trickling) past the handshake timeout is cut off, as hyper's
         // header read timeout does.
         Err(_) | Ok(Err(_)) => return Outcome::Done,

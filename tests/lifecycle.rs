@@ -109,6 +109,31 @@ async fn shutdown_closes_open_sockets_with_1001_and_waits_for_them() {
 }
 
 #[tokio::test]
+async fn shutdown_closes_a_connection_still_sending_its_request_head_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start(BackendOpts::named("a")).await;
+    // A handshake timeout far beyond the test, so only the shutdown can end the wait.
+    let g = gate(&one_route(&[&b.url], "").replace(
+        "shutdown_timeout = \"200ms\"",
+        "shutdown_timeout = \"200ms\"\nhandshake_timeout = \"60s\"",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(g.listen[0]).await.unwrap();
+    // Half a head: the connection is accepted (first bytes arrived) and waits for more.
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // Connections are accepted in the order their first bytes arrived: once a later one
+    // has its 101, the half-sent one is being served.
+    let later = connect(&ws_url(&g, "/ws")).await;
+    drop(later);
+    g.shutdown().await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .expect("the half-sent request still held open after shutdown");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test]
 async fn round_robin_spreads_evenly_over_three_backends() {
     let bs = [
         Backend::start(BackendOpts::named("b0")).await,
