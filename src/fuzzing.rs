@@ -223,11 +223,16 @@ pub fn check_upstream_response(raw: &[u8]) {
 /// must be a GET/1.1 WebSocket upgrade without a body, and the request built from it
 /// must carry exactly the headers parsed, each value unchanged.
 pub fn check_fast_request_head(raw: &[u8]) {
-    use crate::upgrade::{build_request, shape, Shape};
-    let Shape::Upgrade(len) = shape(raw) else {
+    use crate::upgrade::{build_request, shape, Limits, Shape};
+    let limits = Limits {
+        bytes: 16 * 1024,
+        headers: 100,
+    };
+    let Shape::Upgrade(len) = shape(raw, limits) else {
         return;
     };
     assert!(len <= raw.len(), "head longer than the input");
+    assert!(len <= limits.bytes, "head over the limit");
     let buf = bytes::Bytes::copy_from_slice(raw);
     let Some(req) = build_request(&buf, len) else {
         return;

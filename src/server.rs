@@ -726,7 +726,10 @@ async fn serve_http<I>(
     let outcome = {
         let fast = crate::upgrade::serve(
             io,
-            opts.max_header_bytes,
+            crate::upgrade::Limits {
+                bytes: opts.max_header_bytes,
+                headers: opts.max_headers,
+            },
             opts.handshake_timeout,
             &stop,
             |mut req: Request| {

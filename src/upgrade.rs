@@ -124,14 +124,24 @@ pub(crate) enum Outcome<I> {
     Fallback(Prefixed<I>),
 }
 
+/// The server's limits on a request head (`server.max_header_bytes`, `server.max_headers`):
+/// a head beyond either goes to hyper, which answers 431 as before.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Longest head, bytes.
+    pub(crate) bytes: usize,
+    /// Most header lines.
+    pub(crate) headers: usize,
+}
+
 /// Reads one request head from `io`; if it is a plain WebSocket upgrade, runs it through
-/// `router` and writes the answer. `limit` caps the head (`server.max_header_bytes`),
-/// `read_timeout` bounds the wait for it (`server.handshake_timeout`).
+/// `router` and writes the answer. `read_timeout` bounds the wait for the head
+/// (`server.handshake_timeout`).
 /// A shutdown (`stop`) ends the wait for a head at once, as hyper's graceful shutdown
 /// closes idle connections.
 pub(crate) async fn serve<I, F, Fut>(
     mut io: I,
-    limit: usize,
+    limits: Limits,
     read_timeout: std::time::Duration,
     stop: &CancellationToken,
     call: F,
@@ -142,7 +152,7 @@ where
     Fut: std::future::Future<Output = Response<Body>>,
 {
     let read = tokio::select! {
-        r = tokio::time::timeout(read_timeout, read_head(&mut io, limit)) => r,
+        r = tokio::time::timeout(read_timeout, read_head(&mut io, limits)) => r,
         _ = stop.cancelled() => return Outcome::Done,
     };
     let head = match read {
@@ -208,9 +218,10 @@ enum Head {
     Closed,
 }
 
-/// Reads until the head is complete, the shape is known not to fit, or `limit` bytes
+/// Reads until the head is complete, the shape is known not to fit, or `limits.bytes`
 /// arrived without an end of head.
-async fn read_head<I: AsyncRead + Unpin>(io: &mut I, limit: usize) -> io::Result<Head> {
+async fn read_head<I: AsyncRead + Unpin>(io: &mut I, limits: Limits) -> io::Result<Head> {
+    let limit = limits.bytes;
     use tokio::io::AsyncReadExt;
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
@@ -221,7 +232,7 @@ async fn read_head<I: AsyncRead + Unpin>(io: &mut I, limit: usize) -> io::Result
                 Head::Other(buf.freeze())
             });
         }
-        match shape(&buf) {
+        match shape(&buf, limits) {
             Shape::Upgrade(len) => return Ok(Head::Complete(buf.freeze(), len)),
             Shape::Other => return Ok(Head::Other(buf.freeze())),
             Shape::Partial if buf.len() >= limit => return Ok(Head::Other(buf.freeze())),
@@ -244,8 +255,8 @@ pub(crate) enum Shape {
     Partial,
 }
 
-/// Whether `buf` starts with a complete head the fast path serves.
-pub(crate) fn shape(buf: &[u8]) -> Shape {
+/// Whether `buf` starts with a complete head the fast path serves, within `limits`.
+pub(crate) fn shape(buf: &[u8], limits: Limits) -> Shape {
     let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -253,7 +264,11 @@ pub(crate) fn shape(buf: &[u8]) -> Shape {
         Ok(httparse::Status::Partial) => return Shape::Partial,
         Err(_) => return Shape::Other,
     };
-    if req.method != Some("GET") || req.version != Some(1) {
+    if req.method != Some("GET")
+        || req.version != Some(1)
+        || len > limits.bytes
+        || req.headers.len() > limits.headers
+    {
         return Shape::Other;
     }
     let mut upgrade = false;
@@ -414,14 +429,22 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 mod tests {
     use super::*;
 
+    const ROOMY: Limits = Limits {
+        bytes: 1 << 20,
+        headers: 100,
+    };
+
     #[test]
     fn only_plain_websocket_upgrades_take_the_fast_path() {
         let up =
             "GET /ws?a=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-        assert!(matches!(shape(up.as_bytes()), Shape::Upgrade(n) if n == up.len()));
+        assert!(matches!(shape(up.as_bytes(), ROOMY), Shape::Upgrade(n) if n == up.len()));
         let token_list = up.replace("Upgrade: websocket", "upgrade: foo, WebSocket");
-        assert!(matches!(shape(token_list.as_bytes()), Shape::Upgrade(_)));
-        assert!(matches!(shape(&up.as_bytes()[..20]), Shape::Partial));
+        assert!(matches!(
+            shape(token_list.as_bytes(), ROOMY),
+            Shape::Upgrade(_)
+        ));
+        assert!(matches!(shape(&up.as_bytes()[..20], ROOMY), Shape::Partial));
         for other in [
             up.replace("GET", "POST"),
             up.replace("HTTP/1.1", "HTTP/1.0"),
@@ -432,13 +455,27 @@ mod tests {
             up.replace("Host: x\r\n", "Host: x\r\nExpect: 100-continue\r\n"),
             up.replace("Host: x", "Host x"),
         ] {
-            assert!(matches!(shape(other.as_bytes()), Shape::Other), "{other}");
+            assert!(
+                matches!(shape(other.as_bytes(), ROOMY), Shape::Other),
+                "{other}"
+            );
         }
         let many: String = (0..MAX_FAST_HEADERS)
             .map(|i| format!("X-{i}: v\r\n"))
             .collect();
         let crowded = up.replace("Host: x\r\n", &format!("Host: x\r\n{many}"));
-        assert!(matches!(shape(crowded.as_bytes()), Shape::Other));
+        assert!(matches!(shape(crowded.as_bytes(), ROOMY), Shape::Other));
+        // The server's own limits hold on the fast path too (hyper then answers 431).
+        let small = Limits {
+            bytes: up.len() - 1,
+            headers: 64,
+        };
+        assert!(matches!(shape(up.as_bytes(), small), Shape::Other));
+        let few = Limits {
+            bytes: 1 << 20,
+            headers: 2,
+        };
+        assert!(matches!(shape(up.as_bytes(), few), Shape::Other));
     }
 
     #[test]

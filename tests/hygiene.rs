@@ -68,6 +68,26 @@ async fn query_rules_refuse_and_strip_parameters() {
 }
 
 #[tokio::test]
+async fn configured_head_limits_hold_for_websocket_upgrades() {
+    let b = Backend::start(BackendOpts::named("a")).await;
+    let toml = one_route(&[&b.url], "").replace(
+        "shutdown_timeout = \"200ms\"",
+        "shutdown_timeout = \"200ms\"\nmax_headers = 8\nmax_header_bytes = \"8KiB\"",
+    );
+    let g = gate(&toml).await;
+    // Five lines of its own plus four: over `max_headers` though far under 64.
+    let few: String = (0..4).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let resp = raw(g.listen[0], &upgrade("/ws", &few)).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    // Over `max_header_bytes` (8 KiB) though under the default 16 KiB.
+    let big = format!("X-Big: {}\r\n", "a".repeat(9_000));
+    let resp = raw(g.listen[0], &upgrade("/ws", &big)).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    let resp = raw(g.listen[0], &upgrade("/ws", "")).await;
+    assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+}
+
+#[tokio::test]
 async fn host_allow_list_answers_421_for_other_hosts() {
     let b = Backend::start(BackendOpts::named("a")).await;
     let g = gate(&one_route(&[&b.url], "hosts = [\"gw.test\"]")).await;

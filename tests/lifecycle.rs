@@ -120,7 +120,9 @@ async fn shutdown_closes_a_connection_still_sending_its_request_head_at_once() {
     .await;
     let mut s = tokio::net::TcpStream::connect(g.listen[0]).await.unwrap();
     // Half a head: the connection is accepted (first bytes arrived) and waits for more.
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     // Connections are accepted in the order their first bytes arrived: once a later one
     // has its 101, the half-sent one is being served.
     let later = connect(&ws_url(&g, "/ws")).await;
