@@ -315,7 +315,9 @@ pub(crate) fn upstream_headers(
         }
         line(&mut out, name.as_str(), value.as_bytes());
     }
-    // Writes into a Vec cannot fail.
+    // The client's address, formatted once for the three headers that carry it.
+    let mut ip_buf = [0u8; 48];
+    let ip = ip_text(fwd.client_ip, &mut ip_buf);
     out.extend_from_slice(b"X-Forwarded-For: ");
     match client_headers
         .get("x-forwarded-for")
@@ -324,28 +326,53 @@ pub(crate) fn upstream_headers(
         // From a trusted proxy the chain is believed, so it is extended with the hop we
         // saw; from anyone else it is replaced, so a client cannot forge its origin.
         Some(chain) if fwd.trusted_peer => {
+            // Writes into a Vec cannot fail.
             let _ = write!(out, "{chain}, {}", fwd.peer.ip());
         }
-        _ => {
-            let _ = write!(out, "{}", fwd.client_ip);
-        }
+        _ => out.extend_from_slice(ip),
     }
-    let _ = write!(out, "\r\nX-Real-IP: {}\r\n", fwd.client_ip);
-    let proto = if fwd.tls { "https" } else { "http" };
-    let _ = write!(out, "X-Forwarded-Proto: {proto}\r\n");
+    out.extend_from_slice(b"\r\nX-Real-IP: ");
+    out.extend_from_slice(ip);
+    let proto: &[u8] = if fwd.tls { b"https" } else { b"http" };
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(proto);
+    out.extend_from_slice(b"\r\n");
     let host = fwd.host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic()));
     if let Some(host) = host {
-        let _ = write!(out, "X-Forwarded-Host: {host}\r\n");
+        line(&mut out, "X-Forwarded-Host", host.as_bytes());
     }
-    let _ = match fwd.client_ip {
-        IpAddr::V4(v4) => write!(out, "Forwarded: for={v4};proto={proto}"),
-        IpAddr::V6(v6) => write!(out, "Forwarded: for=\"[{v6}]\";proto={proto}"),
-    };
+    match fwd.client_ip {
+        IpAddr::V4(_) => {
+            out.extend_from_slice(b"Forwarded: for=");
+            out.extend_from_slice(ip);
+        }
+        IpAddr::V6(_) => {
+            out.extend_from_slice(b"Forwarded: for=\"[");
+            out.extend_from_slice(ip);
+            out.extend_from_slice(b"]\"");
+        }
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto);
     if let Some(host) = host {
-        let _ = write!(out, ";host=\"{host}\"");
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(host.as_bytes());
+        out.push(b'"');
     }
-    let _ = write!(out, "\r\nX-Request-Id: {}\r\n\r\n", fwd.request_id);
+    out.extend_from_slice(b"\r\n");
+    line(&mut out, "X-Request-Id", fwd.request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
     out
+}
+
+/// `ip` as text, in `buf` (an IPv6 address takes at most 45 bytes).
+fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
+    use std::io::Write as _;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // 48 bytes hold any address, so this cannot fail.
+    let _ = write!(cursor, "{ip}");
+    let n = usize::try_from(cursor.position()).unwrap_or(0);
+    &buf[..n]
 }
 
 /// The backend's answer to the upgrade.
