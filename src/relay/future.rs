@@ -51,6 +51,9 @@ pub(super) struct Sockets {
 }
 
 /// Where a relay stands.
+// The relaying state is inline on purpose: it is what every socket's task holds for its
+// whole life, and boxing it would add an allocation per socket to save nothing.
+#[allow(clippy::large_enum_variant)]
 enum Phase {
     Relaying(Sockets),
     /// Resume mode, a planned switch: telling the old backend, then the detached client.
