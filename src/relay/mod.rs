@@ -35,20 +35,18 @@
 
 mod buffer;
 pub(crate) mod frame;
+mod future;
 mod pump;
 mod signal;
 mod stream;
 mod utf8;
 
 use std::{
-    future::{poll_fn, Future, IntoFuture},
-    pin::{pin, Pin},
-    task::{Context, Poll},
+    future::{Future, IntoFuture},
     time::{Duration, Instant},
 };
 
 use futures_util::FutureExt;
-use tokio::time::{sleep_until, Instant as TokioInstant};
 
 pub(crate) use signal::Signal;
 pub use stream::Stream;
@@ -56,7 +54,8 @@ pub use utf8::{InvalidUtf8, MaskedText, Utf8Validator};
 use wsgate_layers::ratelimit::MessageLimits;
 
 use frame::ScanRules;
-use pump::{Event, Pump};
+use future::{Relay, Sockets};
+use pump::Pump;
 
 /// Limits and timers of one relayed socket.
 #[derive(Debug, Clone)]
@@ -120,25 +119,6 @@ pub struct RelayReport {
     pub proxy_reason: Option<&'static str>,
     /// Client messages dropped by the message-rate limit (`on_excess = "drop"`).
     pub messages_dropped: u64,
-}
-
-/// The part of a [`RelayReport`] the relay loop decides: who closed first and how.
-#[derive(Debug, Default)]
-struct Closer {
-    closed_by: &'static str,
-    close_code: Option<u16>,
-    proxy_reason: Option<&'static str>,
-}
-
-/// Why the relay itself closes a socket.
-#[derive(Debug, Clone, Copy)]
-enum ProxyClose {
-    Shutdown,
-    Idle,
-    Expired,
-    Lifetime,
-    PingTimeout,
-    Rebalance,
 }
 
 /// How a relay ended: closed, or (resume mode) its backend went away while the client's
@@ -398,407 +378,42 @@ fn down_pump(settings: &RelaySettings, upstream_initial: &[u8]) -> Pump {
     )
 }
 
-/// Polls an optional signal: one that is absent never resolves.
-fn poll_signal<F: Future<Output = ()>>(
-    f: &mut Option<Pin<Box<F>>>,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
-    match f {
-        Some(f) => f.as_mut().poll(cx),
-        None => Poll::Pending,
-    }
-}
-
-impl Deadlines {
-    /// The deadlines `settings` set for a socket opened at `start`.
-    fn new(settings: &RelaySettings, start: TokioInstant) -> Self {
-        Self {
-            idle: settings.idle_timeout.map(|d| start + d),
-            expiry: settings.expires_at.map(TokioInstant::from_std),
-            lifetime: settings.max_lifetime.map(|d| start + d),
-            ping: settings.ping_interval.map(|d| start + d),
-            close: None,
-        }
-    }
-}
-
-/// The deadlines of one socket. They share one timer (the relay re-arms it for the
-/// earliest that applies), because each tokio timer is 112 bytes in the socket's task for
-/// its whole life, and an idle socket's task is most of what it costs.
-#[derive(Debug, Clone, Copy)]
-struct Deadlines {
-    idle: Option<TokioInstant>,
-    expiry: Option<TokioInstant>,
-    lifetime: Option<TokioInstant>,
-    ping: Option<TokioInstant>,
-    /// The close handshake (or a planned switch, or a lost write) must end by then.
-    close: Option<TokioInstant>,
-}
-
-/// Which deadline a timer wake-up is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Due {
-    Idle,
-    Expiry,
-    Lifetime,
-    Ping,
-    Close,
-}
-
-impl Deadlines {
-    /// The earliest deadline that applies: the open socket's while nothing is closing
-    /// (`open`), the close deadline while one is armed (`close_armed`).
-    fn next(&self, open: bool, close_armed: bool) -> Option<TokioInstant> {
-        let open_ones = [self.idle, self.expiry, self.lifetime, self.ping];
-        let close = self.close.filter(|_| close_armed);
-        open_ones
-            .into_iter()
-            .filter(|_| open)
-            .chain([close])
-            .flatten()
-            .min()
-    }
-
-    /// The first deadline due at `now`, in the order the relay handles them.
-    fn due(&self, now: TokioInstant, open: bool, close_armed: bool) -> Option<Due> {
-        let passed = |d: Option<TokioInstant>| d.is_some_and(|d| d <= now);
-        if open {
-            for (d, due) in [
-                (self.idle, Due::Idle),
-                (self.expiry, Due::Expiry),
-                (self.lifetime, Due::Lifetime),
-                (self.ping, Due::Ping),
-            ] {
-                if passed(d) {
-                    return Some(due);
-                }
-            }
-        }
-        (close_armed && passed(self.close)).then_some(Due::Close)
-    }
-}
-
-/// The relay loop. `base_down` carries the backend-to-client bytes and messages of
-/// earlier backends (resume mode). `rebalance` and `detach` (resume mode) are off when
-/// `None`.
+/// The relay of `client` and `upstream` through `up` and `down`. `base_down` carries the
+/// backend-to-client bytes and messages of earlier backends (resume mode). `rebalance`
+/// and `detach` (resume mode) are off when `None`.
 ///
-/// A plain function returning an `async move` block rather than an `async fn`: an
-/// `async fn` copies its arguments into locals, so the two pumps would be stored twice
-/// in every socket's task for its whole life (the task future is most of what an idle
-/// socket costs). For the same reason the signals arrive as [`IntoFuture`] values and
-/// become futures here: a captured future pinned into a local is stored twice.
+/// The signals arrive as [`IntoFuture`] values and become futures here, inside the
+/// relay: a future built outside and moved in would be stored twice in the task.
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::manual_async_fn)]
 fn run<'a, S, R, D>(
-    mut client: Stream,
-    mut upstream: Stream,
-    mut up: Pump,
-    mut down: Pump,
+    client: Stream,
+    upstream: Stream,
+    up: Pump,
+    down: Pump,
     settings: &'a RelaySettings,
     shutdown: S,
     rebalance: Option<R>,
     detach: Option<D>,
     base_down: (u64, u64),
-) -> impl Future<Output = RelayEnd> + 'a
+) -> Relay<'a, S::IntoFuture, R::IntoFuture, D::IntoFuture>
 where
     S: Waitable<'a>,
     R: Waitable<'a>,
     D: Waitable<'a>,
 {
-    async move {
-        // The loop's state lives in this block, so none of it is kept beside the final
-        // write to an old backend below.
-        let (report, gone) = {
-            // Who closed, while the loop runs; the counters are read from the pumps at
-            // the end (a whole report would hold them twice for the socket's life).
-            let mut report = Closer::default();
-
-            let listens_rebalance = rebalance.is_some();
-            let resume = detach.is_some();
-            let mut shutdown = pin!(shutdown.into_future());
-            // Boxed: most sockets have neither, and an absent one would still reserve a
-            // whole signal's space in every socket's task.
-            let mut rebalance = rebalance.map(|r| Box::pin(r.into_future()));
-            let mut detach = detach.map(|d| Box::pin(d.into_future()));
-            let mut deadlines = Deadlines::new(settings, TokioInstant::now());
-            // One timer for all of them, armed for the earliest that can fire.
-            let mut timer = pin!(sleep_until(TokioInstant::now()));
-            let mut armed: Option<TokioInstant> = None;
-            let mut ping_outstanding = false;
-            let mut closing = false;
-            let mut shutting_down = false;
-            let mut rebalanced = false;
-            // Resume mode: a planned switch is under way, or the backend is gone.
-            let mut detaching = false;
-            let mut detach_fired = false;
-            // Resume mode: a write to the backend failed; waiting for its read side.
-            let mut lost_write = false;
-            let mut gone: Option<bool> = None;
-
-            loop {
-                enum Wake {
-                    Pump(bool, Event),
-                    Proxy(ProxyClose),
-                    Idle,
-                    Ping,
-                    CloseTimeout,
-                    Detach,
-                }
-                let close_armed = closing || detaching || lost_write;
-                let next = deadlines.next(!closing, close_armed);
-                if next != armed {
-                    if let Some(at) = next {
-                        timer.as_mut().reset(at);
-                    }
-                    armed = next;
-                }
-                let wake = tokio::select! {
-                    biased;
-                    (from_client, event) = poll_fn(|cx| {
-                        if !up.is_done() {
-                            if let Poll::Ready(e) = up.poll(cx, &mut client, &mut upstream) {
-                                return Poll::Ready((true, e));
-                            }
-                        }
-                        if !down.is_done() {
-                            if let Poll::Ready(e) = down.poll(cx, &mut upstream, &mut client) {
-                                return Poll::Ready((false, e));
-                            }
-                        }
-                        Poll::Pending
-                    }) => Wake::Pump(from_client, event),
-                    _ = &mut shutdown, if !shutting_down => Wake::Proxy(ProxyClose::Shutdown),
-                    _ = poll_fn(|cx| poll_signal(&mut rebalance, cx)), if listens_rebalance && !rebalanced => Wake::Proxy(ProxyClose::Rebalance),
-                    _ = poll_fn(|cx| poll_signal(&mut detach, cx)), if resume && !detach_fired && !closing => Wake::Detach,
-                    _ = &mut timer, if armed.is_some() => {
-                        match deadlines.due(TokioInstant::now(), !closing, close_armed) {
-                            Some(Due::Idle) => Wake::Idle,
-                            Some(Due::Expiry) => Wake::Proxy(ProxyClose::Expired),
-                            Some(Due::Lifetime) => Wake::Proxy(ProxyClose::Lifetime),
-                            Some(Due::Ping) => Wake::Ping,
-                            Some(Due::Close) => Wake::CloseTimeout,
-                            None => {
-                                // Woken before any deadline (cannot happen with tokio's timer,
-                                // which rounds up): arm it again.
-                                armed = None;
-                                continue;
-                            }
-                        }
-                    }
-                };
-                let wake = match wake {
-                    Wake::Idle if up.activity + down.activity > 0 => {
-                        // Traffic since the timer was set: push it out instead of resetting the
-                        // timer on every read, which would cost a timer-wheel update per chunk.
-                        up.activity = 0;
-                        down.activity = 0;
-                        deadlines.idle = settings.idle_timeout.map(|d| TokioInstant::now() + d);
-                        continue;
-                    }
-                    Wake::Idle => Wake::Proxy(ProxyClose::Idle),
-                    Wake::Ping => {
-                        // Anything from the client since the last check (a pong or data) proves
-                        // it alive; otherwise ping it, and if a ping is already unanswered, give up.
-                        let heard = std::mem::take(&mut up.heard) > 0;
-                        if heard || !ping_outstanding {
-                            if !heard {
-                                down.ping_dst();
-                            }
-                            ping_outstanding = !heard;
-                            deadlines.ping =
-                                settings.ping_interval.map(|d| TokioInstant::now() + d);
-                            continue;
-                        }
-                        Wake::Proxy(ProxyClose::PingTimeout)
-                    }
-                    other => other,
-                };
-                // Anything but the switch itself cancels a planned switch under way.
-                let switch_event = matches!(
-                    wake,
-                    Wake::Pump(_, Event::Parked | Event::SourceLost | Event::DstLost)
-                        | Wake::Detach
-                        | Wake::CloseTimeout
-                );
-                if detaching && !switch_event {
-                    detaching = false;
-                    up.undetach();
-                    down.undetach();
-                }
-                match wake {
-                    Wake::Pump(from_client, event) => match event {
-                        Event::Closed(seen) => {
-                            if from_client {
-                                down.peer_closed = true;
-                            } else {
-                                up.peer_closed = true;
-                            }
-                            if report.closed_by.is_empty() {
-                                report.closed_by = if from_client { "client" } else { "backend" };
-                                report.close_code = seen.code.or(Some(1005));
-                            }
-                        }
-                        Event::Violation(v) => {
-                            if report.closed_by.is_empty() {
-                                report.closed_by = "proxy";
-                                report.close_code = Some(v.code);
-                                report.proxy_reason = Some(v.reason);
-                            }
-                            // The offender gets the code; its peer did nothing wrong and is told
-                            // why the socket ends, except for invalid UTF-8, where both sides get
-                            // 1007 so a backend learns its client sent a bad message.
-                            let utf8 = v.code == frame::INVALID_PAYLOAD;
-                            if from_client {
-                                down.close_dst(v.code, v.reason);
-                                if utf8 {
-                                    up.close_dst(v.code, "client sent invalid UTF-8");
-                                } else {
-                                    up.close_dst(1001, "client protocol error");
-                                }
-                            } else {
-                                up.close_dst(v.code, v.reason);
-                                if utf8 {
-                                    down.close_dst(v.code, "backend sent invalid UTF-8");
-                                } else {
-                                    down.close_dst(1014, "backend protocol error");
-                                }
-                            }
-                        }
-                        Event::Finished => {
-                            if report.closed_by.is_empty() {
-                                report.closed_by = if from_client { "client" } else { "backend" };
-                            }
-                            if (up.is_done() || up.is_parked())
-                                && (down.is_done() || down.is_parked())
-                            {
-                                break;
-                            }
-                            // Both close frames have crossed and one side is gone: the close
-                            // handshake is complete, so a peer that never sends its FIN must not
-                            // hold the other socket for the whole close timeout.
-                            if up.src_close.is_some() && down.src_close.is_some() {
-                                break;
-                            }
-                        }
-                        Event::SourceLost => {
-                            // The backend vanished; the client has whole messages only.
-                            if report.closed_by.is_empty() && up.park_client_side() {
-                                gone = Some(false);
-                                break;
-                            }
-                            down.give_up_parked();
-                        }
-                        Event::DstLost => {
-                            // Writing to the backend failed: its read side tells how it ended
-                            // (at a boundary or not). Bounded by the close timeout.
-                            lost_write = true;
-                            deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
-                        }
-                        Event::Parked => {
-                            if up.is_parked() && down.is_parked() {
-                                gone = Some(true);
-                                break;
-                            }
-                        }
-                    },
-                    Wake::Detach => {
-                        detach_fired = true;
-                        if report.closed_by.is_empty() {
-                            detaching = true;
-                            up.detach();
-                            down.detach();
-                            deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
-                        }
-                    }
-                    Wake::Proxy(why) => {
-                        let (code, reason) = match why {
-                            ProxyClose::Shutdown => {
-                                shutting_down = true;
-                                (1001, "going away")
-                            }
-                            ProxyClose::Idle => (1001, "idle timeout"),
-                            ProxyClose::Expired => (4401, "token expired"),
-                            ProxyClose::Lifetime => (1001, "max lifetime"),
-                            ProxyClose::PingTimeout => (1001, "ping timeout"),
-                            ProxyClose::Rebalance => {
-                                rebalanced = true;
-                                (1012, "rebalance")
-                            }
-                        };
-                        if report.closed_by.is_empty() {
-                            report.closed_by = "proxy";
-                            report.close_code = Some(code);
-                            report.proxy_reason = Some(reason);
-                        }
-                        down.close_dst(code, reason);
-                        up.close_dst(1001, reason);
-                    }
-                    Wake::Idle | Wake::Ping => {}
-                    Wake::CloseTimeout if (detaching || lost_write) && !closing => {
-                        // No clean boundary in time: close as when a backend dies.
-                        detaching = false;
-                        lost_write = false;
-                        up.undetach();
-                        down.undetach();
-                        down.give_up_parked();
-                        report.closed_by = "proxy";
-                        report.close_code = Some(1012);
-                        report.proxy_reason = Some("backend went away");
-                        down.close_dst(1012, "backend went away");
-                        up.close_dst(1001, "backend went away");
-                    }
-                    Wake::CloseTimeout => break,
-                }
-                if !closing
-                    && (up.dst_closed
-                        || down.dst_closed
-                        || up.is_done()
-                        || down.is_done()
-                        || !report.closed_by.is_empty())
-                {
-                    closing = true;
-                    deadlines.close = Some(TokioInstant::now() + settings.close_timeout);
-                }
-            }
-            let report = RelayReport {
-                bytes_up: up.bytes,
-                bytes_down: base_down.0 + down.bytes,
-                messages_up: up.messages(),
-                messages_down: base_down.1 + down.messages(),
-                closed_by: report.closed_by,
-                close_code: report.close_code,
-                proxy_reason: report.proxy_reason,
-                messages_dropped: up.dropped(),
-            };
-            (report, gone)
-        };
-        match gone {
-            None => RelayEnd::Closed(report),
-            Some(planned) => {
-                if planned {
-                    // Parked at a client frame boundary: tell the old backend, best effort.
-                    use tokio::io::AsyncWriteExt;
-                    let bye = frame::ControlFrame::close(1012, "session moved", true);
-                    let _ = tokio::time::timeout(
-                        settings.close_timeout.min(Duration::from_secs(1)),
-                        async {
-                            upstream.write_all(bye.as_bytes()).await?;
-                            upstream.shutdown().await
-                        },
-                    )
-                    .await;
-                }
-                drop(upstream);
-                drop(down);
-                RelayEnd::BackendGone(Box::new(Detached {
-                    client,
-                    up,
-                    report,
-                    planned,
-                }))
-            }
-        }
-    }
+    Relay::new(
+        Sockets {
+            client,
+            upstream,
+            up,
+            down,
+        },
+        settings,
+        shutdown.into_future(),
+        rebalance.map(IntoFuture::into_future),
+        detach.map(IntoFuture::into_future),
+        base_down,
+    )
 }
 
 #[cfg(test)]
@@ -837,9 +452,12 @@ mod tests {
             Signal::new(token.clone(), Duration::from_secs(1)).or(Some(token.clone())),
             Some(Signal::new(token.clone(), Duration::ZERO)),
         );
+        // 824 B in session 4 (1,272 as an `async` block): with the proxy's guards around
+        // it the task cell is 1,280 B (debug), jemalloc's 1,280 size class, with 96 B to
+        // spare; past that it takes the 1,536 class, 256 B more per socket.
         let sizes = [
-            ("relay future", std::mem::size_of_val(&relay), 1344),
-            ("Pump", size_of::<Pump>(), 264),
+            ("relay future", std::mem::size_of_val(&relay), 824),
+            ("Pump", size_of::<Pump>(), 248),
             ("FrameScanner", size_of::<frame::FrameScanner>(), 112),
             ("Stream", size_of::<Stream>(), 40),
             ("Signal", size_of::<Signal>(), 32),

@@ -98,10 +98,11 @@ pub(crate) struct Pump {
     pub(crate) peer_closed: bool,
     /// Bytes read from the source.
     pub(crate) bytes: u64,
-    /// Bytes read from the source since the relay last looked (idle detection).
-    pub(crate) activity: u64,
-    /// Bytes read from the source since the last keep-alive check (ping deadline).
-    pub(crate) heard: u64,
+    /// Bytes were read from the source since the relay last looked (idle detection).
+    /// Flags, not counts: only "any" matters, and 16 bytes per pump are 32 per socket.
+    pub(crate) activity: bool,
+    /// Bytes were read from the source since the last keep-alive check (ping deadline).
+    pub(crate) heard: bool,
     /// Resume mode: the backend side of this pump may be replaced, so losing it parks
     /// the pump instead of closing the client.
     resume: bool,
@@ -147,8 +148,8 @@ impl Pump {
             src_close: None,
             peer_closed: false,
             bytes: 0,
-            activity: 0,
-            heard: 0,
+            activity: false,
+            heard: false,
             resume: false,
             detach: false,
         };
@@ -334,8 +335,8 @@ impl Pump {
     fn took(&mut self, n: usize) {
         self.filled += n;
         self.bytes += n as u64;
-        self.activity += n as u64;
-        self.heard += n as u64;
+        self.activity = true;
+        self.heard = true;
         self.rescan();
     }
 
