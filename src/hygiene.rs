@@ -5,8 +5,12 @@
 //! with 400, so the path wsgate routes on is byte for byte the path the backend gets and
 //! no decoding difference between wsgate and a backend can reach a route it should not.
 
-use axum::{body::Body, extract::Request, middleware::Next, response::Response};
-use http::StatusCode;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use http::{Request, Response, StatusCode};
+use tower::{Layer, Service};
+use wsgate_layers::response_future::ResponseFuture;
 
 use crate::error::text;
 
@@ -130,26 +134,78 @@ pub fn check_framing(headers: &http::HeaderMap) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Router-wide middleware: refuses bad request lines and smuggling shapes with 400
-/// before routing.
-pub(crate) async fn check_request(req: Request<Body>, next: Next) -> Response {
-    let uri = req.uri();
-    let verdict = check_path(uri.path())
-        .and_then(|()| uri.query().map_or(Ok(()), check_query))
-        .map_err(|e| e.to_string())
-        .and_then(|()| check_framing(req.headers()).map_err(str::to_string));
-    match verdict {
-        Ok(()) => next.run(req).await,
-        Err(e) => {
-            let mut resp = text(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
-            // The connection's framing is in doubt: do not read another request from it.
-            resp.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
-            resp
+/// Refuses bad request lines and smuggling shapes with `400` (and `Connection: close`)
+/// before the rest of a route's stack runs; every route and the not-found answer sit
+/// behind it.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use axum::{body::Body, extract::Request, response::Response};
+/// use tower::{service_fn, ServiceBuilder};
+/// use wsgate::hygiene::CheckRequestLayer;
+///
+/// let route = ServiceBuilder::new()
+///     .layer(CheckRequestLayer)
+///     .service(service_fn(|_: Request| async {
+///         Ok::<_, Infallible>(Response::new(Body::empty()))
+///     }));
+/// # let _ = route;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckRequestLayer;
+
+impl<S> Layer<S> for CheckRequestLayer {
+    type Service = CheckRequest<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CheckRequest { inner }
+    }
+}
+
+/// The service made by [`CheckRequestLayer`].
+#[derive(Debug, Clone)]
+pub struct CheckRequest<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for CheckRequest<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match check_request(&req) {
+            Ok(()) => ResponseFuture::inner(self.inner.call(req)),
+            Err(why) => ResponseFuture::early(bad_request(&why)),
         }
     }
+}
+
+/// The request line and framing checks; the error says what is wrong.
+fn check_request<B>(req: &Request<B>) -> Result<(), String> {
+    let uri = req.uri();
+    check_path(uri.path())
+        .and_then(|()| uri.query().map_or(Ok(()), check_query))
+        .map_err(|e| e.to_string())
+        .and_then(|()| check_framing(req.headers()).map_err(str::to_string))
+}
+
+/// The `400` for a request that failed [`check_request`].
+fn bad_request(why: &str) -> Response<Body> {
+    let mut resp = text(StatusCode::BAD_REQUEST, format!("bad request: {why}\n"));
+    // The connection's framing is in doubt: do not read another request from it.
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 /// Per-route query rules (`[route.query]`).

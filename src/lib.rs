@@ -13,6 +13,8 @@
 //! | [`server`] | listeners, TLS termination, per-route layer stacks, graceful shutdown |
 //! | [`proxy`] | the WebSocket route handler: upstream handshake first, then the client's 101 |
 //! | `upgrade` | HTTP/1.1 WebSocket upgrades read, routed and answered without hyper's driver (the rest goes to hyper) |
+//! | [`hygiene`] | request-line checks before any route sees a request (a Tower layer) |
+//! | [`refusals`] | counting the handshakes a layer refused before the handler (a Tower layer) |
 //! | [`upstream`] | TCP/TLS connect to a backend and the upstream half of the handshake; failover, health checks, warm pool, DNS discovery, backend-set changes |
 //! | [`reload`] | SIGHUP and file-change reloads of the backend lists |
 //! | [`relay`] | everything after the 101: the frame-header relay (design notes there) |
@@ -41,6 +43,7 @@ mod layers;
 mod memory;
 pub mod metrics;
 pub mod proxy;
+pub mod refusals;
 pub mod relay;
 pub mod reload;
 pub mod server;

@@ -7,11 +7,15 @@
 
 use std::{
     borrow::Cow,
+    convert::Infallible,
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         atomic::{AtomicI64, Ordering},
         Arc,
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -104,35 +108,39 @@ pub async fn handle(State(route): State<Arc<RouteProxy>>, req: Request) -> Respo
             .metrics
             .rejected(&route.name, resp.status().as_u16(), outcome);
     }
-    resp.extensions_mut().insert(Counted);
+    resp.extensions_mut().insert(crate::refusals::Counted);
     resp
 }
 
-/// Marks a response whose handshake outcome the handler already counted.
-#[derive(Debug, Clone, Copy)]
-struct Counted;
+/// A route's [`handle`] as a Tower service: the innermost service of the route's stack
+/// (`server::route_service`), so the layers around it compose into one concrete type.
+#[derive(Debug, Clone)]
+pub struct ProxyService {
+    route: Arc<RouteProxy>,
+}
 
-/// Counts the handshakes a layer refused before the handler ran, by their status.
-pub(crate) async fn count_refusals(
-    metrics: Arc<Metrics>,
-    route: Arc<str>,
-    req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    if resp.extensions().get::<Counted>().is_none() {
-        let outcome = match resp.status() {
-            StatusCode::UNAUTHORIZED => Outcome::AuthFailed,
-            StatusCode::FORBIDDEN => Outcome::Forbidden,
-            StatusCode::TOO_MANY_REQUESTS => Outcome::RateLimited,
-            StatusCode::SERVICE_UNAVAILABLE => Outcome::NoBackend,
-            _ => Outcome::BadRequest,
-        };
-        metrics.handshake(outcome, started.elapsed());
-        metrics.rejected(&route, resp.status().as_u16(), outcome);
+impl ProxyService {
+    /// The handler of `route`.
+    pub fn new(route: Arc<RouteProxy>) -> Self {
+        Self { route }
     }
-    resp
+}
+
+impl tower::Service<Request> for ProxyService {
+    type Response = Response;
+    type Error = Infallible;
+    // Boxed: the handler's future has no name to put here. The only box of a route's
+    // stack besides axum's own for the route.
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let route = self.route.clone();
+        Box::pin(async move { Ok(handle(State(route), req).await) })
+    }
 }
 
 async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {

@@ -19,7 +19,7 @@ use std::{
 use axum::{
     body::Body,
     extract::Request,
-    routing::{any, MethodRouter},
+    routing::{any_service, MethodRouter},
     Router,
 };
 use http::StatusCode;
@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tower::ServiceExt;
+use tower::{ServiceBuilder, ServiceExt};
 use tracing::{debug, info, warn};
 use wsgate_layers::{
     client_ip::{ClientIpLayer, PeerAddr},
@@ -39,8 +39,10 @@ use wsgate_layers::{
 use crate::{
     config::{Config, RoutePath},
     error::text,
+    hygiene::CheckRequestLayer,
     metrics::Metrics,
-    proxy::{handle, ConnMeta, RouteProxy, Shared},
+    proxy::{ConnMeta, ProxyService, RouteProxy, Shared},
+    refusals::CountRefusalsLayer,
     relay::RelaySettings,
     upgrade::{IntoStream, Outcome as FastPath},
     upstream::{
@@ -321,8 +323,13 @@ async fn build_router(
         stickies.push(sticky);
         upstreams.push(up);
     }
-    let client_ip =
-        ClientIpLayer::new().trusted_proxies(cfg.server.trusted_proxies.iter().copied());
+    let outer = OuterLayers {
+        handshakes: cfg
+            .server
+            .max_handshakes
+            .map(wsgate_layers::ratelimit::HandshakeLimitLayer::new),
+        client_ip: ClientIpLayer::new().trusted_proxies(cfg.server.trusted_proxies.iter().copied()),
+    };
     let mut router = Router::new();
     for r in &cfg.route {
         let i = cfg
@@ -364,16 +371,15 @@ async fn build_router(
             active: Arc::new(AtomicI64::new(0)),
         });
         shared.metrics.register_route(&r.path, route.active.clone());
-        let method_router = route_layers(
+        let method_router = route_service(
             r,
-            i,
-            any(handle).with_state(route),
-            &upstreams,
+            route,
+            upstreams[i].clone(),
             stickies[i].clone(),
+            &outer,
             shared,
         )
         .await?;
-        let method_router = method_router.layer::<_, Infallible>(client_ip.clone());
         router = match Config::route_path(r) {
             RoutePath::Exact(p) => router.route(&p, method_router),
             RoutePath::Prefix(p) => {
@@ -389,87 +395,93 @@ async fn build_router(
             }
         };
     }
-    let router = router
-        .fallback(|| async { text(StatusCode::NOT_FOUND, "no route for this path\n".into()) })
-        .layer(axum::middleware::from_fn(crate::hygiene::check_request));
-    // Outermost: a handshake waiting on a backend holds a slot; when all are taken the
-    // next request gets 503 at once rather than queueing without bound.
-    let router = match cfg.server.max_handshakes {
-        Some(n) => router.layer(wsgate_layers::ratelimit::HandshakeLimitLayer::new(n)),
-        None => router,
-    };
-    Ok((router, upstreams))
+    Ok((router.fallback_service(not_found(outer)), upstreams))
 }
 
-/// Wraps a route's handler in its layers, innermost first: upstream choice, connection
-/// caps (which need the JWT subject), the JWT check, the handshake rate limit, and the
-/// outcome counter. Rate limiting runs before JWT so a flood of bad tokens costs no
+/// The layers in front of every route, and of the not-found answer, outermost first.
+struct OuterLayers {
+    /// Outermost: a handshake waiting on a backend holds a slot; when all are taken the
+    /// next request gets 503 at once rather than queueing without bound
+    /// (`server.max_handshakes`).
+    handshakes: Option<wsgate_layers::ratelimit::HandshakeLimitLayer>,
+    /// Who the client is, for the limits and the forwarding headers; inside the request
+    /// checks ([`CheckRequestLayer`]) that come next.
+    client_ip: ClientIpLayer,
+}
+
+/// The answer for a path no route serves: 404, behind the same request checks as the
+/// routes.
+fn not_found(outer: OuterLayers) -> MethodRouter {
+    let answer = tower::service_fn(|_: Request| async {
+        Ok::<_, Infallible>(text(
+            StatusCode::NOT_FOUND,
+            "no route for this path\n".into(),
+        ))
+    });
+    any_service(
+        ServiceBuilder::new()
+            .option_layer(outer.handshakes)
+            .layer(CheckRequestLayer)
+            .service(answer),
+    )
+}
+
+/// A route's whole stack, built as one concrete service around its handler and handed
+/// to axum once: axum boxes a route's service (a clone and a boxed future per request),
+/// so each `.layer(..)` on a `MethodRouter` would add one of those per layer.
+///
+/// Outermost first: the handshake cap and request checks ([`OuterLayers`]), the client
+/// IP, the outcome counter (so a refusal by any layer below is counted), the handshake
+/// rate limit, the JWT check (which inserts the `SubjectKey` the caps count), the
+/// connection caps, the sticky key (which may need the verified claims) and, innermost,
+/// the upstream choice. Rate limiting runs before JWT so a flood of bad tokens costs no
 /// signature checks.
-async fn route_layers(
+async fn route_service(
     r: &crate::config::RouteConfig,
-    upstream_index: usize,
-    handler: MethodRouter,
-    upstreams: &[Arc<Upstream>],
+    route: Arc<RouteProxy>,
+    upstream: Arc<Upstream>,
     sticky: Option<StickyLayer>,
+    outer: &OuterLayers,
     shared: &Shared,
 ) -> Result<MethodRouter, StartError> {
     let cfg_err =
         |key: &str, m: String| StartError::Config(format!("route `{}`: {key}: {m}", r.path));
-    let mut mr =
-        handler.layer::<_, Infallible>(UpstreamLayer::new(upstreams[upstream_index].clone()));
-    // Just outside the upstream choice, inside the JWT check (a claim key needs the
-    // verified claims).
-    if let Some(s) = sticky {
-        mr = mr.layer::<_, Infallible>(s);
-    }
     let redis = match &r.rate_limit {
         Some(l) => crate::layers::redis_store(l, &r.path)
             .map_err(|(k, m)| cfg_err(&format!("rate_limit.{k}"), m))?,
         None => None,
     };
-    if let Some(l) = r
+    let connections = r
         .rate_limit
         .as_ref()
-        .and_then(|l| crate::layers::connection_layer(l, redis.as_ref()))
-    {
-        mr = mr.layer::<_, Infallible>(l);
-    }
-    if let Some(j) = &r.jwt {
-        // Connection caps per user key on the verified subject.
-        mr = mr.layer::<_, Infallible>(axum::middleware::map_request(subject_key));
-        let layer = crate::layers::jwt_builder(j, r.origins.is_some())
-            .map_err(|(k, m)| cfg_err(&format!("jwt.{k}"), m))?
-            .build()
-            .await
-            .map_err(|e| cfg_err("jwt", e.to_string()))?;
-        mr = mr.layer::<_, Infallible>(layer);
-    }
-    if let Some(l) = &r.rate_limit {
-        if let Some(layer) = crate::layers::rate_layer(l, redis.as_ref())
-            .map_err(|(k, m)| cfg_err(&format!("rate_limit.{k}"), m))?
-        {
-            mr = mr.layer::<_, Infallible>(layer);
-        }
-    }
-    let metrics = shared.metrics.clone();
-    let route_name: Arc<str> = Arc::from(r.path.as_str());
-    Ok(
-        mr.layer::<_, Infallible>(axum::middleware::from_fn(move |req, next| {
-            crate::proxy::count_refusals(metrics.clone(), route_name.clone(), req, next)
-        })),
-    )
-}
-
-async fn subject_key(mut req: Request) -> Request {
-    let subject = req
-        .extensions()
-        .get::<wsgate_layers::VerifiedClaims>()
-        .and_then(|c| c.subject())
-        .map(str::to_owned);
-    if let Some(s) = subject {
-        req.extensions_mut().insert(wsgate_layers::SubjectKey(s));
-    }
-    req
+        .and_then(|l| crate::layers::connection_layer(l, redis.as_ref()));
+    let jwt = match &r.jwt {
+        Some(j) => Some(
+            crate::layers::jwt_builder(j, r.origins.is_some())
+                .map_err(|(k, m)| cfg_err(&format!("jwt.{k}"), m))?
+                .build()
+                .await
+                .map_err(|e| cfg_err("jwt", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let rate = match &r.rate_limit {
+        Some(l) => crate::layers::rate_layer(l, redis.as_ref())
+            .map_err(|(k, m)| cfg_err(&format!("rate_limit.{k}"), m))?,
+        None => None,
+    };
+    let stack = ServiceBuilder::new()
+        .option_layer(outer.handshakes.clone())
+        .layer(CheckRequestLayer)
+        .layer(outer.client_ip.clone())
+        .layer(CountRefusalsLayer::new(shared.metrics.clone(), &r.path))
+        .option_layer(rate)
+        .option_layer(jwt)
+        .option_layer(connections)
+        .option_layer(sticky)
+        .layer(UpstreamLayer::new(upstream))
+        .service(ProxyService::new(route));
+    Ok(any_service(stack))
 }
 
 #[derive(Debug, Clone)]

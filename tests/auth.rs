@@ -181,3 +181,35 @@ async fn token_cookie_next_to_a_non_ascii_cookie_is_read_and_not_forwarded() {
     ws.send(Message::text("hi")).await.unwrap();
     assert_eq!(recv(&mut ws).await, Message::text("hi"));
 }
+
+#[tokio::test]
+async fn per_subject_cap_counts_the_verified_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hs.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let b = Backend::start(BackendOpts::named("a")).await;
+    let route = format!(
+        "{}\n[route.rate_limit]\nmax_connections_per_subject = 1\n",
+        jwt_route(secret.to_str().unwrap(), "")
+    );
+    let g = gate(&one_route(&[&b.url], &route)).await;
+    let url = ws_url(&g, "/ws");
+    let alice = format!("Bearer {}", token("alice", now() + 600));
+    let bob = format!("Bearer {}", token("bob", now() + 600));
+    let (mut first, _) = connect_with(&url, &[("authorization", &alice)])
+        .await
+        .unwrap();
+    // The JWT layer's verified `sub` is what the cap counts: a second socket for alice
+    // is refused, bob still gets one.
+    assert_eq!(
+        refused_status(&url, &[("authorization", &alice)]).await,
+        429
+    );
+    let (mut other, _) = connect_with(&url, &[("authorization", &bob)])
+        .await
+        .unwrap();
+    for ws in [&mut first, &mut other] {
+        ws.send(Message::text("hi")).await.unwrap();
+        assert_eq!(recv(ws).await, Message::text("hi"));
+    }
+}

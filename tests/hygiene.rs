@@ -158,5 +158,9 @@ async fn handshakes_beyond_max_handshakes_get_503_at_once() {
     });
     accepted.await.unwrap();
     assert_eq!(refused_status(&url, &[]).await, 503);
+    // The cap is in front of everything, the not-found answer included.
+    assert_eq!(refused_status(&ws_url(&g, "/nowhere"), &[]).await, 503);
+    // Refused before the outcome counter: not a route's handshake.
+    assert_eq!(g.metrics.handshakes(wsgate::metrics::Outcome::NoBackend), 0);
     stuck.abort();
 }

@@ -18,7 +18,7 @@
 //! | module | what it decides |
 //! |---|---|
 //! | [`client_ip`] | who the client is (socket peer, or a trusted proxy's forwarding headers) |
-//! | [`jwt`] | whether the client holds a valid token ([`JwtAuthLayer`]); hands [`VerifiedClaims`], [`TokenExpiry`](jwt::TokenExpiry) and [`TokenProtocolMarker`](jwt::TokenProtocolMarker) downstream |
+//! | [`jwt`] | whether the client holds a valid token ([`JwtAuthLayer`]); hands [`VerifiedClaims`], [`SubjectKey`], [`TokenExpiry`](jwt::TokenExpiry) and [`TokenProtocolMarker`](jwt::TokenProtocolMarker) downstream |
 //! | [`proxy_protocol`] | the client address a load balancer sends in a PROXY v1/v2 header (parser for the listener) |
 //! | [`ratelimit`] | whether the client may connect now: handshake rate per IP, connection caps, handshakes in progress, message rates |
 //! | [`sticky`] | the key that keeps a client on one backend: signed cookie (set on the 101), JWT claim, header or client IP ([`StickyLayer`]) |

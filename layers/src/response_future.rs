@@ -30,7 +30,7 @@ pin_project_lite::pin_project! {
 
 impl<F> ResponseFuture<F> {
     /// Answer with `response` without calling the inner service.
-    pub(crate) fn early(response: Response<Body>) -> Self {
+    pub fn early(response: Response<Body>) -> Self {
         Self {
             kind: Kind::Early {
                 response: Some(response),
@@ -39,7 +39,7 @@ impl<F> ResponseFuture<F> {
     }
 
     /// Wait for the inner service.
-    pub(crate) fn inner(future: F) -> Self {
+    pub fn inner(future: F) -> Self {
         Self {
             kind: Kind::Inner { future },
         }

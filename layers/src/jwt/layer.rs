@@ -6,6 +6,8 @@ use http::{HeaderName, Request};
 use tokio_util::task::AbortOnDropHandle;
 use tower_layer::Layer;
 
+use crate::ratelimit::SubjectKey;
+
 use super::{
     cache::{CacheStats, Entry, TokenDigest, VerifiedCache, DEFAULT_VERIFIED_CACHE},
     claims::{exp_time, ForwardClaims, OnExpiry, TokenExpiry, VerifiedClaims},
@@ -663,10 +665,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Hands a verified token downstream: identity headers, [`TokenExpiry`] and
+    /// Hands a verified token downstream: identity headers, [`TokenExpiry`],
+    /// [`SubjectKey`] (a string `sub`: what per-subject connection caps count) and
     /// [`VerifiedClaims`].
     pub(crate) fn admit<B>(&self, req: &mut Request<B>, claims: VerifiedClaims) {
         self.forward.apply(req.headers_mut(), claims.claims());
+        if let Some(sub) = claims.subject() {
+            // The verified subject replaces any key a layer further out inserted.
+            req.extensions_mut().insert(SubjectKey(sub.to_owned()));
+        }
         if let Some(at) = exp_time(claims.claims()) {
             req.extensions_mut().insert(TokenExpiry {
                 at,

@@ -145,6 +145,9 @@
 //! * [`TokenExpiry`] (extension, when the token has `exp`): when to close the socket
 //!   (code `4401`, reason `token expired`) and whether to (`on_expiry`, default `close`).
 //!   The wsgate relay honours it; see [`TokenExpiry`] for an axum handler that does.
+//! * [`SubjectKey`](crate::SubjectKey) (extension, when `sub` is a string): the
+//!   verified subject, which a [`ConnectionLimitLayer`](crate::ConnectionLimitLayer)
+//!   inside this layer counts per-subject caps against.
 //! * [`forward_claim`]: claims copied into request headers for the backend; client-sent
 //!   copies of those headers are always removed first.
 //!

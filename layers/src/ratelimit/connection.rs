@@ -103,7 +103,7 @@ impl ConnectionLimits {
             guard.ip = Some(key);
         }
         if let (Some(cap), Some(subject)) = (self.per_subject, subject) {
-            if !increment_below(&self.subjects, subject.to_owned(), cap) {
+            if !increment_subject_below(&self.subjects, subject, cap) {
                 return Err(LimitRejection::TooManyConnections(
                     ConnectionScope::PerSubject,
                 ));
@@ -186,6 +186,20 @@ fn increment_below<K: std::hash::Hash + Eq>(map: &DashMap<K, usize>, key: K, cap
         }
     }
     true
+}
+
+/// [`increment_below`] for a subject: a subject that already has sockets open (the
+/// usual case for a cap) is counted without copying its name for the map.
+fn increment_subject_below(map: &DashMap<String, usize>, subject: &str, cap: usize) -> bool {
+    if let Some(mut n) = map.get_mut(subject) {
+        if *n >= cap {
+            return false;
+        }
+        *n += 1;
+        return true;
+    }
+    // Absent a moment ago; `entry` settles a race with another first socket.
+    increment_below(map, subject.to_owned(), cap)
 }
 
 fn decrement<K: std::hash::Hash + Eq>(map: &DashMap<K, usize>, key: K) {
@@ -403,9 +417,10 @@ where
         let Some(ip) = client_addr(&req) else {
             return refuse(LimitRejection::NoClientAddress);
         };
-        let subject = req.extensions().get::<SubjectKey>().map(|s| s.0.clone());
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.redis {
+            // Owned: the subject travels into the future that waits for Redis.
+            let subject = req.extensions().get::<SubjectKey>().map(|s| s.0.clone());
             let clone = self.inner.clone();
             let mut inner = std::mem::replace(&mut self.inner, clone);
             let (redis, limits) = (redis.clone(), self.limits.clone());
@@ -426,7 +441,9 @@ where
                 }
             }));
         }
-        match self.limits.try_acquire(ip, subject.as_deref()) {
+        // Borrowed from the request: the guard keeps its own copy only when it counts one.
+        let subject = req.extensions().get::<SubjectKey>().map(|s| s.0.as_str());
+        match self.limits.try_acquire(ip, subject) {
             Ok(guard) => {
                 req.extensions_mut()
                     .get_or_insert_default::<Leases>()

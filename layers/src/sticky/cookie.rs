@@ -43,12 +43,35 @@ impl CookieSigner {
 
     /// The cookie value for `id`.
     pub fn sign(&self, id: &[u8]) -> String {
+        let mut value = String::new();
+        self.sign_into(id, &mut value);
+        value
+    }
+
+    /// A new random session id and the whole `Set-Cookie` value carrying it (`name`,
+    /// the signed id, the attributes), built in one buffer.
+    pub fn mint_cookie(&self, name: &str, secure: bool) -> (Vec<u8>, String) {
+        let id = fastrand::u128(..).to_be_bytes().to_vec();
+        let attrs = if secure {
+            "; Path=/; HttpOnly; SameSite=Lax; Secure"
+        } else {
+            "; Path=/; HttpOnly; SameSite=Lax"
+        };
+        // 16-byte id and 32-byte tag: 22 + 1 + 43 characters of base64url.
+        let mut cookie = String::with_capacity(name.len() + 1 + 66 + attrs.len());
+        cookie.push_str(name);
+        cookie.push('=');
+        self.sign_into(&id, &mut cookie);
+        cookie.push_str(attrs);
+        (id, cookie)
+    }
+
+    /// Appends `base64url(id) "." base64url(tag)` to `out`.
+    fn sign_into(&self, id: &[u8], out: &mut String) {
         let tag = hmac::sign(&self.key, id);
-        format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(id),
-            URL_SAFE_NO_PAD.encode(tag.as_ref())
-        )
+        URL_SAFE_NO_PAD.encode_string(id, out);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(tag.as_ref(), out);
     }
 
     /// The session id in a cookie value, if its signature is ours.
@@ -85,5 +108,19 @@ mod tests {
         assert_eq!(s.verify("x"), None);
         assert_eq!(s.verify("....."), None);
         assert!(CookieSigner::new(b"short").is_err());
+    }
+
+    #[test]
+    fn minted_cookie_carries_a_verifiable_value_and_the_attributes() {
+        let s = CookieSigner::new(&[7; 32]).unwrap();
+        let (id, cookie) = s.mint_cookie("wsgate_sticky", true);
+        let value = cookie
+            .strip_prefix("wsgate_sticky=")
+            .and_then(|c| c.strip_suffix("; Path=/; HttpOnly; SameSite=Lax; Secure"))
+            .unwrap();
+        assert_eq!(value, s.sign(&id));
+        assert_eq!(s.verify(value), Some(id));
+        let (_, plain) = s.mint_cookie("sid", false);
+        assert!(plain.ends_with("; SameSite=Lax"), "{plain}");
     }
 }

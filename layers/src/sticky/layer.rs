@@ -65,7 +65,9 @@ impl std::fmt::Debug for Source {
 /// header, no such claim) is left to the upstream's policy.
 #[derive(Debug, Clone)]
 pub struct StickyLayer {
-    pub(crate) source: Source,
+    // Shared: a service is cloned for every request, and a cookie source's HMAC key is
+    // not cheap to copy.
+    pub(crate) source: Arc<Source>,
 }
 
 impl StickyLayer {
@@ -74,18 +76,18 @@ impl StickyLayer {
     /// it; instances that must agree need the same secret.
     pub fn cookie(name: impl Into<String>, secret: &[u8]) -> Result<Self, SecretError> {
         Ok(Self {
-            source: Source::Cookie {
+            source: Arc::new(Source::Cookie {
                 name: name.into().into(),
                 signer: CookieSigner::new(secret)?,
                 secure: false,
-            },
+            }),
         })
     }
 
     /// Marks the cookie `Secure` (send it over HTTPS/WSS only). No effect on other
     /// sources.
     pub fn secure(mut self, secure: bool) -> Self {
-        if let Source::Cookie { secure: s, .. } = &mut self.source {
+        if let Source::Cookie { secure: s, .. } = Arc::make_mut(&mut self.source) {
             *s = secure;
         }
         self
@@ -95,28 +97,28 @@ impl StickyLayer {
     /// [`JwtAuthLayer`](crate::JwtAuthLayer) outside this layer.
     pub fn claim(name: impl Into<String>) -> Self {
         Self {
-            source: Source::Claim(name.into().into()),
+            source: Arc::new(Source::Claim(name.into().into())),
         }
     }
 
     /// Keys by a request header (`X-Session-Id` …).
     pub fn header(name: &str) -> Result<Self, InvalidHeaderName> {
         Ok(Self {
-            source: Source::Header(HeaderName::from_bytes(name.as_bytes())?),
+            source: Arc::new(Source::Header(HeaderName::from_bytes(name.as_bytes())?)),
         })
     }
 
     /// Keys by the client IP ([`ClientIp`](crate::ClientIp), else the socket peer).
     pub fn client_ip() -> Self {
         Self {
-            source: Source::ClientIp,
+            source: Arc::new(Source::ClientIp),
         }
     }
 
     /// Keys by your own function.
     pub fn from_fn(make: impl MakeStickyKey) -> Self {
         Self {
-            source: Source::Custom(Arc::new(make)),
+            source: Arc::new(Source::Custom(Arc::new(make))),
         }
     }
 }

@@ -1,6 +1,10 @@
 //! [`Sticky`], the service made by [`StickyLayer`](super::StickyLayer).
 
-use std::task::{Context, Poll};
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use axum::body::Body;
 use http::{HeaderValue, Request, Response};
@@ -19,7 +23,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Sticky<S> {
     pub(crate) inner: S,
-    pub(crate) source: Source,
+    pub(crate) source: Arc<Source>,
 }
 
 impl<S, B> Service<Request<B>> for Sticky<S>
@@ -36,7 +40,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let mut set_cookie = None;
-        let key = match &self.source {
+        let key = match &*self.source {
             Source::Cookie {
                 name,
                 signer,
@@ -46,13 +50,13 @@ where
                 match found.as_deref().and_then(|v| signer.verify(v)) {
                     Some(id) => Some(StickyKey(id)),
                     None => {
-                        let (id, value) = signer.mint();
-                        let attrs = if *secure {
-                            "; Path=/; HttpOnly; SameSite=Lax; Secure"
-                        } else {
-                            "; Path=/; HttpOnly; SameSite=Lax"
-                        };
-                        set_cookie = HeaderValue::from_str(&format!("{name}={value}{attrs}")).ok();
+                        let (id, cookie) = signer.mint_cookie(name, *secure);
+                        // From the `String` itself (the header value takes its buffer);
+                        // ASCII only, as `HeaderValue::from_str` would insist.
+                        set_cookie = cookie
+                            .is_ascii()
+                            .then(|| HeaderValue::try_from(cookie).ok())
+                            .flatten();
                         Some(StickyKey(id))
                     }
                 }
@@ -76,7 +80,7 @@ where
                 .get::<ClientIp>()
                 .map(|c| c.0)
                 .or_else(|| req.extensions().get::<PeerAddr>().map(|p| p.0.ip()))
-                .map(|ip| StickyKey(ip.to_string().into_bytes())),
+                .map(|ip| StickyKey(ip_text(ip))),
             Source::Custom(f) => f.make_key(req.headers(), req.extensions()),
         };
         if let Some(k) = key {
@@ -84,6 +88,17 @@ where
         }
         ResponseFuture::new(self.inner.call(req), set_cookie)
     }
+}
+
+/// The client IP as text (the key every instance hashes, so its form is fixed), written
+/// into one buffer of the longest size rather than grown piece by piece.
+fn ip_text(ip: IpAddr) -> Vec<u8> {
+    use std::io::Write;
+    // "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255" is the longest form.
+    let mut text = Vec::with_capacity(45);
+    // Writing into a Vec cannot fail.
+    let _ = write!(text, "{ip}");
+    text
 }
 
 /// Removes cookie `name` from the request (the backend has no use for it) and returns
@@ -97,6 +112,14 @@ mod tests {
     use http::header;
 
     use super::*;
+
+    #[test]
+    fn client_ip_keys_are_the_addresses_display_form() {
+        for ip in ["192.0.2.7", "2001:db8::1", "::ffff:192.0.2.7", "::"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string().into_bytes());
+        }
+    }
 
     #[test]
     fn sticky_cookie_next_to_a_non_ascii_cookie_is_still_taken_out() {

@@ -274,29 +274,29 @@ impl Upstream {
         let set = self.set.load();
         let all = &set.backends;
         let n = all.len();
-        let available = |i: &usize| all[*i].is_available();
-        let order: Vec<usize> = match (self.policy, key) {
+        match (self.policy, key) {
             (_, Some(key)) => {
                 let kh = stable_hash(key);
                 let mut order = rendezvous_order(all, kh);
                 if let Some(memory) = &self.memory {
                     remembered_first(memory, all, kh, &mut order);
                 }
-                match self.bounded_load {
+                let order = match self.bounded_load {
                     Some(factor) => bounded(all, order, factor),
                     None => order,
-                }
+                };
+                in_order(all, order.into_iter())
             }
             (Policy::LeastConnections, _) => {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-                let mut idx: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+                let mut idx: Vec<usize> = rotation(start % n, n).collect();
                 // Stable sort on load keeps the rotation among equally loaded backends, so
                 // a burst of new sockets spreads instead of all landing on backend 0.
                 idx.sort_by_key(|i| all[*i].active());
-                idx
+                in_order(all, idx.into_iter())
             }
             (Policy::P2c, _) => {
-                let mut idx = rotation(fastrand::usize(..n), n);
+                let mut idx: Vec<usize> = rotation(fastrand::usize(..n), n).collect();
                 if n >= 2 {
                     let a = idx[0];
                     let b = idx[1 + fastrand::usize(..n - 1)];
@@ -305,40 +305,51 @@ impl Upstream {
                         idx.insert(0, b);
                     }
                 }
-                idx
+                in_order(all, idx.into_iter())
             }
+            // The rotations need no list of their own: the candidates are the only
+            // allocation of a handshake's choice.
             (Policy::Random, _) | (Policy::ConsistentHash, None) => {
-                rotation(fastrand::usize(..n), n)
+                in_order(all, rotation(fastrand::usize(..n), n))
             }
             (Policy::WeightedRoundRobin, _) => {
                 let k = self.cursor.fetch_add(1, Ordering::Relaxed);
                 let first = set.weighted_order[k % set.weighted_order.len()] as usize;
-                rotation(first, n)
+                in_order(all, rotation(first, n))
             }
-            (Policy::RoundRobin, _) => rotation(self.cursor.fetch_add(1, Ordering::Relaxed) % n, n),
-        };
-        let chosen: Vec<Arc<Backend>> = order
-            .iter()
-            .copied()
-            .filter(available)
-            .map(|i| all[i].clone())
-            .collect();
-        if !chosen.is_empty() {
-            return chosen;
+            (Policy::RoundRobin, _) => in_order(
+                all,
+                rotation(self.cursor.fetch_add(1, Ordering::Relaxed) % n, n),
+            ),
         }
-        // Panic mode: every backend that is up by its health checks is passively ejected.
-        // An ejection is a guess made from a few failed connects (often a reconnect storm
-        // that briefly overloaded healthy backends); refusing every client is certain
-        // failure. So one ejected backend is tried per handshake, as a probe: its success
-        // ends the ejection (Envoy's panic threshold does the same). Backends down by
-        // active checks or draining are never chosen.
+    }
+}
+
+/// The available backends of `all` in `order`; when none is, the probe of panic mode.
+fn in_order(all: &[Arc<Backend>], order: impl Iterator<Item = usize> + Clone) -> Vec<Arc<Backend>> {
+    let mut chosen = Vec::with_capacity(all.len());
+    chosen.extend(
         order
-            .into_iter()
+            .clone()
+            .filter(|i| all[*i].is_available())
+            .map(|i| all[i].clone()),
+    );
+    if !chosen.is_empty() {
+        return chosen;
+    }
+    // Panic mode: every backend that is up by its health checks is passively ejected.
+    // An ejection is a guess made from a few failed connects (often a reconnect storm
+    // that briefly overloaded healthy backends); refusing every client is certain
+    // failure. So one ejected backend is tried per handshake, as a probe: its success
+    // ends the ejection (Envoy's panic threshold does the same). Backends down by
+    // active checks or draining are never chosen.
+    chosen.extend(
+        order
             .filter(|i| all[*i].is_healthy() && !all[*i].is_draining())
             .take(1)
-            .map(|i| all[i].clone())
-            .collect()
-    }
+            .map(|i| all[i].clone()),
+    );
+    chosen
 }
 
 /// Moves backends over the load bound to the end of `order`, keeping hash order within
@@ -360,8 +371,9 @@ fn bounded(all: &[Arc<Backend>], order: Vec<usize>, factor: f64) -> Vec<usize> {
     under.into_iter().chain(over).collect()
 }
 
-fn rotation(start: usize, n: usize) -> Vec<usize> {
-    (0..n).map(|i| (start + i) % n).collect()
+/// `start`, `start + 1` … wrapping around `n`.
+fn rotation(start: usize, n: usize) -> impl Iterator<Item = usize> + Clone {
+    (0..n).map(move |i| (start + i) % n)
 }
 
 /// Moves the backend remembered for key hash `kh` to the front of `order` when it is
