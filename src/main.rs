@@ -196,6 +196,9 @@ async fn run_proxy(cli: Cli) -> Result<()> {
         );
         return Ok(());
     }
+    // Before the listeners: from here on a signal is never missed (nor fatal).
+    let mut stop = Signals::stop();
+    let mut hangup = Signals::hangup();
     let running = server::start(&cfg).await?;
     for a in &running.listen {
         eprintln!("wsgate: proxying WebSockets on {a}");
@@ -204,11 +207,10 @@ async fn run_proxy(cli: Cli) -> Result<()> {
     if let Some(path) = &cli.config {
         running.watch_config(path.clone(), wsgate::reload::WATCH_INTERVAL);
     }
-    let mut shutdown = std::pin::pin!(wait_for_signal());
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
-            _ = hangup() => {
+            _ = stop.recv() => break,
+            _ = hangup.recv() => {
                 if let Some(path) = &cli.config {
                     // A refused file is logged by reload; the running config stays.
                     let _ = running.reload(path).await;
@@ -217,8 +219,8 @@ async fn run_proxy(cli: Cli) -> Result<()> {
         }
     }
     eprintln!("wsgate: shutting down (a second signal exits at once)");
-    tokio::spawn(async {
-        wait_for_signal().await;
+    tokio::spawn(async move {
+        stop.recv().await;
         std::process::exit(130);
     });
     running.shutdown().await;
@@ -238,47 +240,73 @@ async fn run_demo(listen: SocketAddr, admin: SocketAddr) -> Result<()> {
     }
     println!();
     println!("  Ctrl-C to stop.");
-    wait_for_signal().await;
-    tokio::spawn(async {
-        wait_for_signal().await;
+    let mut stop = Signals::stop();
+    stop.recv().await;
+    tokio::spawn(async move {
+        stop.recv().await;
         std::process::exit(130);
     });
     d.shutdown().await;
     Ok(())
 }
 
-/// Resolves on each SIGHUP (never where there is no SIGHUP).
-async fn hangup() {
+/// A Unix signal listened to from start-up on: a signal that arrives while wsgate is busy
+/// with the previous one (a reload, a shutdown) is still seen by the next wait, which a
+/// listener made afresh for each wait would miss.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut hup) = signal(SignalKind::hangup()) {
-            hup.recv().await;
-            return;
-        }
-    }
-    std::future::pending::<()>().await
+    streams: Vec<tokio::signal::unix::Signal>,
 }
 
-async fn wait_for_signal() {
+impl Signals {
+    /// SIGTERM and SIGINT (Ctrl-C).
+    fn stop() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::SignalKind;
+            Self::of(&[SignalKind::terminate(), SignalKind::interrupt()])
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// SIGHUP.
+    fn hangup() -> Self {
+        #[cfg(unix)]
+        {
+            Self::of(&[tokio::signal::unix::SignalKind::hangup()])
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    fn of(kinds: &[tokio::signal::unix::SignalKind]) -> Self {
+        Self {
+            streams: kinds
+                .iter()
+                .filter_map(|k| tokio::signal::unix::signal(*k).ok())
+                .collect(),
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the next signal (never, if none could be listened to, except Ctrl-C
+    /// where there is no Unix signal handling).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            if self.streams.is_empty() {
+                return std::future::pending().await;
+            }
+            let next = futures_util::future::select_all(
+                self.streams.iter_mut().map(|s| Box::pin(s.recv())),
+            );
+            next.await;
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
