@@ -717,17 +717,10 @@ mod tests {
 
     use futures_util::FutureExt;
 
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
 
     use super::*;
-    use crate::relay::{down_pump, up_pump};
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (a.unwrap(), b.unwrap().0)
-    }
+    use crate::relay::{down_pump, tests::pair, up_pump};
 
     async fn new_relay(
         settings: &RelaySettings,
