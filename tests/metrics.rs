@@ -3,27 +3,13 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use jsonwebtoken::{encode, EncodingKey, Header};
 use support::*;
 use wsgate::{metrics::Outcome, server::Running};
 
 const SECRET: &str = "a test secret that is long enough for HS256";
 
 fn token(sub: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let claims = serde_json::json!({ "sub": sub, "exp": exp });
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    hs256_token(SECRET, sub)
 }
 
 /// The status page's list of refusals: (route, status, outcome), oldest first.

@@ -6,10 +6,9 @@ mod support;
 
 use std::{
     process::{Child, Command, Stdio},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
-use jsonwebtoken::{encode, EncodingKey, Header};
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite;
@@ -110,19 +109,7 @@ const SECRET: &str = "a test secret that is long enough for HS256";
 const LEASE_TTL: Duration = Duration::from_secs(2);
 
 fn bearer(sub: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let claims = serde_json::json!({ "sub": sub, "exp": exp });
-    let t = encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
-    format!("Bearer {t}")
+    format!("Bearer {}", hs256_token(SECRET, sub))
 }
 
 /// The `wsgate` binary as a separate process, so it can be killed hard (SIGKILL): no

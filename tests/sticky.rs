@@ -2,13 +2,9 @@
 
 mod support;
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::collections::{HashMap, HashSet};
 
 use futures_util::SinkExt;
-use jsonwebtoken::{encode, EncodingKey, Header};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate_layers::upstream::{Policy, Upstream};
@@ -207,18 +203,7 @@ async fn header_key_is_sticky_and_two_instances_agree() {
 }
 
 fn token(sub: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let claims = serde_json::json!({ "sub": sub, "exp": exp });
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
+    hs256_token(JWT_SECRET, sub)
 }
 
 #[tokio::test]

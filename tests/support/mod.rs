@@ -499,3 +499,20 @@ pub async fn read_masked_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     }
     Some((h[0], p))
 }
+
+/// An HS256 token for `sub` signed with `secret`, valid for ten minutes.
+pub fn hs256_token(secret: &str, sub: &str) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = serde_json::json!({ "sub": sub, "exp": exp });
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
