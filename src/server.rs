@@ -505,6 +505,8 @@ const BACKLOG: u32 = 1024;
 ///   is readable when wsgate first sees it. A client that connects and stays silent sits
 ///   in the kernel's queue for [`DEFER_ACCEPT_SECS`] before it is handed over (and then
 ///   gets the usual handshake timeout), holding no descriptor meanwhile.
+/// * Delayed ACKs (`TCP_QUICKACK` off, inherited): the client's request is acknowledged by
+///   the 101 rather than by a segment of its own ([`crate::sockopt::delay_acks`]).
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
