@@ -242,10 +242,11 @@ pub fn check_fast_request_head(raw: &[u8]) {
     let h = req.headers();
     assert!(!h.contains_key(http::header::CONTENT_LENGTH));
     assert!(!h.contains_key(http::header::TRANSFER_ENCODING));
-    assert!(h.get_all(http::header::UPGRADE).iter().any(|v| v
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))));
+    assert!(handshake::header_has_token(
+        h,
+        http::header::UPGRADE,
+        "websocket"
+    ));
     let mut slots = [httparse::EMPTY_HEADER; crate::upgrade::MAX_FAST_HEADERS];
     let mut parsed = httparse::Request::new(&mut slots);
     assert!(matches!(

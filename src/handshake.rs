@@ -254,7 +254,7 @@ pub(crate) fn upstream_request(
     upstream_head("", path_and_query, authority, &rest)
 }
 
-fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+pub(crate) fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -399,11 +399,11 @@ pub(crate) enum UpstreamAnswer {
 
 /// The backend's response headers as httparse left them: read in place, so a 101 whose
 /// headers are all hop-by-hop (the usual case) costs no allocation.
-struct RawHeaders<'h, 'b>(&'h [httparse::Header<'b>]);
+pub(crate) struct RawHeaders<'h, 'b>(pub(crate) &'h [httparse::Header<'b>]);
 
 impl<'b> RawHeaders<'_, 'b> {
     /// The first value of `name`.
-    fn get(&self, name: &HeaderName) -> Option<&'b [u8]> {
+    pub(crate) fn get(&self, name: &HeaderName) -> Option<&'b [u8]> {
         self.0
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name.as_str()))
@@ -411,7 +411,7 @@ impl<'b> RawHeaders<'_, 'b> {
     }
 
     /// True if a comma-separated header has `token` among its values.
-    fn has_token(&self, name: &HeaderName, token: &str) -> bool {
+    pub(crate) fn has_token(&self, name: &HeaderName, token: &str) -> bool {
         self.0
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case(name.as_str()))

@@ -24,11 +24,7 @@ use axum::{
     extract::{Request, State},
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, info_span, Instrument};
 use wsgate_layers::{
@@ -48,7 +44,7 @@ use crate::{
         frame::text_frame, relay_closing, relay_resumable, relay_resumed, RelayEnd, RelayReport,
         RelaySettings, Signal, Stream,
     },
-    upgrade::{IntoStream, PendingUpgrade, Prefixed},
+    upgrade::PendingUpgrade,
     upstream::{
         resume::{resumed_handshake, resumed_headers, strip_resume_headers, ResumeRequest},
         Connector, Opened,
@@ -579,37 +575,4 @@ fn request_id(headers: &http::HeaderMap, trusted_peer: bool) -> String {
         }
     }
     format!("{:016x}", fastrand::u64(..))
-}
-
-/// Recovers the client's socket from hyper's upgrade, so the relay reads the socket
-/// directly (and can wait for readability without holding a buffer).
-pub(crate) fn unwrap_upgraded(upgraded: Upgraded) -> (Stream, Bytes) {
-    type Tls = tokio_rustls::server::TlsStream<TcpStream>;
-    // hyper's leftover bytes are a view into its whole read buffer (8 KiB or more);
-    // holding the view would pin that buffer for the socket's life. Copy the few bytes
-    // (usually none, which allocates nothing) and let the buffer go.
-    let own = |b: Bytes| Bytes::copy_from_slice(&b);
-    // A socket the fast path read from first may still have unread bytes in front.
-    fn unprefix<I: IntoStream>(p: Prefixed<I>, read_buf: Bytes) -> (Stream, Bytes) {
-        let (prefix, io) = p.into_parts();
-        let mut initial = prefix.to_vec();
-        initial.extend_from_slice(&read_buf);
-        (io.into_stream(), Bytes::from(initial))
-    }
-    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => return (Stream::Tcp(parts.io.into_inner()), own(parts.read_buf)),
-        Err(u) => u,
-    };
-    let upgraded = match upgraded.downcast::<TokioIo<Tls>>() {
-        Ok(parts) => return (parts.io.into_inner().into_stream(), own(parts.read_buf)),
-        Err(u) => u,
-    };
-    let upgraded = match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
-        Ok(parts) => return unprefix(parts.io.into_inner(), parts.read_buf),
-        Err(u) => u,
-    };
-    match upgraded.downcast::<TokioIo<Prefixed<Tls>>>() {
-        Ok(parts) => unprefix(parts.io.into_inner(), parts.read_buf),
-        Err(u) => (Stream::Upgraded(Box::new(TokioIo::new(u))), Bytes::new()),
-    }
 }

@@ -34,7 +34,13 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::relay::Stream;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+
+use crate::{
+    handshake::{header_line, RawHeaders},
+    relay::Stream,
+};
 
 /// Most headers a request on the fast path may carry; more go to hyper (which applies
 /// `server.max_headers`).
@@ -90,11 +96,41 @@ impl PendingUpgrade {
             Self::Fast(rx) => rx
                 .await
                 .map_err(|_| "the 101 could not be written".to_string()),
-            Self::Hyper(on) => on
-                .await
-                .map(crate::proxy::unwrap_upgraded)
-                .map_err(|e| e.to_string()),
+            Self::Hyper(on) => on.await.map(unwrap_upgraded).map_err(|e| e.to_string()),
         }
+    }
+}
+
+/// Recovers the client's socket from hyper's upgrade, so the relay reads the socket
+/// directly (and can wait for readability without holding a buffer).
+fn unwrap_upgraded(upgraded: Upgraded) -> (Stream, Bytes) {
+    type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+    // hyper's leftover bytes are a view into its whole read buffer (8 KiB or more);
+    // holding the view would pin that buffer for the socket's life. Copy the few bytes
+    // (usually none, which allocates nothing) and let the buffer go.
+    let own = |b: Bytes| Bytes::copy_from_slice(&b);
+    // A socket the fast path read from first may still have unread bytes in front.
+    fn unprefix<I: IntoStream>(p: Prefixed<I>, read_buf: Bytes) -> (Stream, Bytes) {
+        let (prefix, io) = p.into_parts();
+        let mut initial = prefix.to_vec();
+        initial.extend_from_slice(&read_buf);
+        (io.into_stream(), Bytes::from(initial))
+    }
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => return (Stream::Tcp(parts.io.into_inner()), own(parts.read_buf)),
+        Err(u) => u,
+    };
+    let upgraded = match upgraded.downcast::<TokioIo<Tls>>() {
+        Ok(parts) => return (parts.io.into_inner().into_stream(), own(parts.read_buf)),
+        Err(u) => u,
+    };
+    let upgraded = match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
+        Ok(parts) => return unprefix(parts.io.into_inner(), parts.read_buf),
+        Err(u) => u,
+    };
+    match upgraded.downcast::<TokioIo<Prefixed<Tls>>>() {
+        Ok(parts) => unprefix(parts.io.into_inner(), parts.read_buf),
+        Err(u) => (Stream::Upgraded(Box::new(TokioIo::new(u))), Bytes::new()),
     }
 }
 
@@ -271,27 +307,19 @@ pub(crate) fn shape(buf: &[u8], limits: Limits) -> Shape {
     {
         return Shape::Other;
     }
-    let mut upgrade = false;
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-        {
-            return Shape::Other;
-        }
-        if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade |= h
-                .value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"));
-        }
+    // A body (or a wait for one) is hyper's to handle.
+    let headers = RawHeaders(req.headers);
+    let body = [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::EXPECT,
+    ]
+    .iter()
+    .any(|n| headers.get(n).is_some());
+    if body || !headers.has_token(&header::UPGRADE, "websocket") {
+        return Shape::Other;
     }
-    if upgrade {
-        Shape::Upgrade(len)
-    } else {
-        Shape::Other
-    }
+    Shape::Upgrade(len)
 }
 
 /// The request from a head [`shape`] accepted; `None` if a part is not valid for `http`
@@ -340,24 +368,17 @@ fn response_head<B>(resp: &Response<B>, body_len: Option<usize>) -> Vec<u8> {
         if body_len.is_some() && name == header::CONTENT_LENGTH {
             continue;
         }
-        push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        header_line(&mut out, name.as_str(), value.as_bytes());
     }
     if let Some(len) = body_len {
-        push_header(&mut out, b"content-length", len.to_string().as_bytes());
+        header_line(&mut out, "content-length", len.to_string().as_bytes());
         if !resp.headers().contains_key(header::DATE) {
             let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-            push_header(&mut out, b"date", date.as_bytes());
+            header_line(&mut out, "date", date.as_bytes());
         }
     }
     out.extend_from_slice(b"\r\n");
     out
-}
-
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// A socket with bytes already read from it in front: reads return those first. Lets
