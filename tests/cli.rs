@@ -130,9 +130,25 @@ fn spawn_quick(backend: std::net::SocketAddr, extra: &[&str]) -> (std::process::
     while !line.contains("proxying WebSockets") {
         line.clear();
         assert!(err.read_line(&mut line).unwrap() > 0, "wsgate exited early");
+        // stderr is a pipe here, as under systemd or a container runtime.
+        if line.contains('\x1b') {
+            let _ = child.kill();
+            panic!("colour codes in piped logs: {line:?}");
+        }
     }
     std::thread::spawn(move || for _ in err.lines() {});
     (child, port)
+}
+
+/// Logs written to a pipe (a file, journald, a container runtime) are plain text: the
+/// colour codes a terminal gets would end up in every stored line.
+#[test]
+fn piped_logs_carry_no_colour_codes() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // `spawn_quick` reads the start-up lines from a pipe and asserts each is plain.
+    let (mut child, _) = spawn_quick(backend.local_addr().unwrap(), &[]);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// `--threads 1` (the current-thread runtime) relays and drains like the default.
