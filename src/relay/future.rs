@@ -35,6 +35,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 use super::{
     frame,
     pump::{Event, Pump},
+    signal::SignalWaker,
     stream::Stream,
     Detached, RelayEnd, RelayReport, RelaySettings,
 };
@@ -99,7 +100,8 @@ impl<'a, S, R, D> Relay<'a, S, R, D> {
             control: Control {
                 settings,
                 timer: deadlines.any().then(|| Timer::new(deadlines)),
-                base_down,
+                signals: SignalWaker::new(),
+                base_down: (base_down != (0, 0)).then(|| Box::new(base_down)),
                 closer: Closer::default(),
                 ping_outstanding: false,
                 closing: false,
@@ -118,7 +120,11 @@ struct Control<'a> {
     settings: &'a RelaySettings,
     /// `None` until the socket has a deadline.
     timer: Option<Pin<Box<Timer>>>,
-    base_down: (u64, u64),
+    /// The signals are polled only when one of them woke the task.
+    signals: SignalWaker,
+    /// Resume mode: the bytes and messages earlier backends sent down. Boxed, and only
+    /// when not zero: a first backend's relay (almost every one) holds 8 bytes for it.
+    base_down: Option<Box<(u64, u64)>>,
     /// Who closed, while the relay runs; the counters are read from the pumps at the end
     /// (a whole report would hold them twice for the socket's life).
     closer: Closer,
@@ -292,6 +298,37 @@ where
             return Poll::Ready(Wake::Pump(false, e));
         }
     }
+    // A wake-up for I/O does not touch the signals (their polls take locks): they are
+    // polled, with their own waker, only once one of them has fired.
+    if control.signals.take(cx.waker()) {
+        let signals = control.signals.clone();
+        let waker = signals.waker();
+        let mut signal_cx = Context::from_waker(&waker);
+        if let Poll::Ready(wake) =
+            poll_signals(shutdown, rebalance, detach, control, &mut signal_cx)
+        {
+            signals.again();
+            return Poll::Ready(wake);
+        }
+    }
+    control.poll_timer(cx)
+}
+
+/// Polls the signals still relevant, in their order of precedence. Each flag that turns a
+/// signal off only ever goes from false to true, so a signal skipped here is never needed
+/// again.
+fn poll_signals<S, R, D>(
+    shutdown: Pin<&mut S>,
+    rebalance: &mut Option<Pin<Box<R>>>,
+    detach: &mut Option<Pin<Box<D>>>,
+    control: &Control<'_>,
+    cx: &mut Context<'_>,
+) -> Poll<Wake>
+where
+    S: Future<Output = ()>,
+    R: Future<Output = ()>,
+    D: Future<Output = ()>,
+{
     if !control.shutting_down && shutdown.poll(cx).is_ready() {
         return Poll::Ready(Wake::Proxy(ProxyClose::Shutdown));
     }
@@ -301,7 +338,7 @@ where
     if !control.detach_fired && !control.closing && poll_signal(detach, cx).is_ready() {
         return Poll::Ready(Wake::Detach);
     }
-    control.poll_timer(cx)
+    Poll::Pending
 }
 
 /// Polls an optional signal: one that is absent never resolves.
@@ -577,11 +614,12 @@ impl Control<'_> {
             down,
         } = io;
         let closer = std::mem::take(&mut self.closer);
+        let (base_bytes, base_messages) = self.base_down.as_deref().copied().unwrap_or_default();
         let report = RelayReport {
             bytes_up: up.bytes,
-            bytes_down: self.base_down.0 + down.bytes,
+            bytes_down: base_bytes + down.bytes,
             messages_up: up.messages(),
-            messages_down: self.base_down.1 + down.messages(),
+            messages_down: base_messages + down.messages(),
             closed_by: closer.closed_by.as_str(),
             close_code: closer.close_code,
             proxy_reason: closer.proxy_reason,

@@ -418,7 +418,11 @@ where
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::mem::size_of;
+    use std::{
+        mem::size_of,
+        pin::Pin,
+        task::{Context, Poll},
+    };
 
     use tokio::net::{TcpListener, TcpStream};
     use tokio_util::sync::CancellationToken;
@@ -470,5 +474,77 @@ pub(crate) mod tests {
         for (what, size, bound) in sizes {
             assert!(size <= bound, "{what} is {size} B, over its {bound} B");
         }
+    }
+
+    /// A signal that counts its polls, and resolves when `rx` gets a value.
+    struct CountedSignal {
+        rx: tokio::sync::oneshot::Receiver<()>,
+        polls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Future for CountedSignal {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Pin::new(&mut self.rx).poll(cx).map(|_| ())
+        }
+    }
+
+    /// Polling a waiting drain or removal token takes locks (and the drain token is one
+    /// for the whole process), so the relay polls its signals only when one of them woke
+    /// it: a stream of messages does not poll them, and a signal that fires later is
+    /// still acted on at once.
+    #[tokio::test]
+    async fn io_wakeups_do_not_poll_the_signals() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (c, mut client) = pair().await;
+        let (u, mut backend) = pair().await;
+        let settings = RelaySettings::default();
+        let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (fire, rx) = tokio::sync::oneshot::channel();
+        let signal = CountedSignal {
+            rx,
+            polls: polls.clone(),
+        };
+        let relay = relay(Stream::Tcp(c), Stream::Tcp(u), &[], &[], &settings, signal);
+        let drive = async {
+            // A masked binary "ping" each way in turn: every message wakes the relay.
+            let up = [
+                0x82,
+                0x84,
+                1,
+                2,
+                3,
+                4,
+                b'p' ^ 1,
+                b'i' ^ 2,
+                b'n' ^ 3,
+                b'g' ^ 4,
+            ];
+            let down = [0x82, 4, b'p', b'o', b'n', b'g'];
+            for _ in 0..50 {
+                client.write_all(&up).await.unwrap();
+                let mut got = [0u8; 10];
+                backend.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, up);
+                backend.write_all(&down).await.unwrap();
+                let mut got = [0u8; 6];
+                client.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, down);
+            }
+            let n = polls.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(n <= 2, "the signal was polled {n} times for 100 messages");
+            fire.send(()).unwrap();
+            // The drain closes the client with 1001 "going away".
+            let mut head = [0u8; 4];
+            client.read_exact(&mut head).await.unwrap();
+            assert_eq!((head[0], &head[2..]), (0x88, &1001u16.to_be_bytes()[..]));
+            drop((client, backend));
+        };
+        let (report, ()) = tokio::join!(relay, drive);
+        assert_eq!(report.close_code, Some(1001));
+        assert_eq!(report.messages_up, 50);
     }
 }

@@ -12,10 +12,15 @@
 use std::{
     future::{Future, IntoFuture},
     pin::Pin,
-    task::{ready, Context, Poll},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{ready, Context, Poll, Waker},
     time::Duration,
 };
 
+use futures_util::task::{waker_ref, ArcWake, AtomicWaker, WakerRef};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -97,6 +102,66 @@ impl Future for SignalFuture {
             Some(delay) => delay.as_mut().poll(cx),
             None => Poll::Ready(()),
         }
+    }
+}
+
+/// Lets a relay look at its signals only when one of them woke its task.
+///
+/// A waiting [`CancellationToken`] takes two mutexes each time it is polled (the token's
+/// own state and its `Notify`'s list of waiters), and the drain token is one for the whole
+/// process: polled on every wake-up of every socket, it put a lock shared by all worker
+/// threads on the relay's hot path. The relay polls its signals with this waker instead,
+/// which records that a signal fired before it wakes the task, so a wake-up for I/O costs
+/// an atomic swap and no lock. One small allocation per socket.
+#[derive(Clone)]
+pub(crate) struct SignalWaker(Arc<Fired>);
+
+struct Fired {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for Fired {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        // Set before the wake: the task that wakes must see it.
+        arc_self.fired.store(true, Ordering::Release);
+        arc_self.task.wake();
+    }
+}
+
+impl SignalWaker {
+    /// Starts fired, so that the first look polls (and so registers) every signal.
+    pub(crate) fn new() -> Self {
+        Self(Arc::new(Fired {
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }))
+    }
+
+    /// Whether a signal fired since the last look. `task` is woken by the next one.
+    pub(crate) fn take(&self, task: &Waker) -> bool {
+        // Registered first: a signal firing after the swap then wakes this task.
+        self.0.task.register(task);
+        self.0.fired.swap(false, Ordering::AcqRel)
+    }
+
+    /// Looks again at the next round: a signal resolved before the others were polled,
+    /// and they may have fired too.
+    pub(crate) fn again(&self) {
+        self.0.fired.store(true, Ordering::Relaxed);
+    }
+
+    /// The waker to poll the signals with.
+    pub(crate) fn waker(&self) -> WakerRef<'_> {
+        waker_ref(&self.0)
+    }
+}
+
+impl std::fmt::Debug for SignalWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalWaker")
+            .field("fired", &self.0.fired.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
