@@ -10,6 +10,7 @@
 use std::{
     fs,
     net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -126,6 +127,14 @@ impl Drop for Running {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
             // SIGKILL: a graceful wsgate would wait `shutdown_timeout` for open sockets.
+            // To the whole process group: killing nginx's master alone left its worker
+            // running (re-parented to init, still on the proxy core, holding its port and
+            // sockets), one more after every nginx run.
+            if let Ok(pgid) = libc::pid_t::try_from(c.id()) {
+                // SAFETY: kill(2) with a negative pid signals that process group; it takes
+                // no pointers. The group is the child's own (`process_group(0)` below).
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -297,6 +306,8 @@ pub fn start(kind: Kind, backend: SocketAddr, l: &Launch) -> std::io::Result<Run
             cmd.arg(&l.haproxy).arg("-db").arg("-f").arg(&cfg);
         }
     }
+    // Its own process group, so that stopping it stops every process it forked.
+    cmd.process_group(0);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
