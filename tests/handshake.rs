@@ -87,6 +87,59 @@ async fn backend_refusal_status_is_passed_through() {
     }
 }
 
+/// A backend's refusal reaches the client with its body, also when the body is longer
+/// than what wsgate reads with the head (2 KiB), so that it takes further reads.
+#[tokio::test]
+async fn backend_refusal_body_reaches_the_client_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body: Vec<u8> = (0..10_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let sent = body.clone();
+    let backend = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        let answer = format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            sent.len()
+        );
+        s.write_all(answer.as_bytes()).await.unwrap();
+        s.write_all(&sent).await.unwrap();
+        // Held open: the body must be read by its length, not to the end of the stream.
+        let _ = s.read(&mut b).await;
+    });
+    let g = gate(&one_route(&[&format!("ws://{addr}")], "")).await;
+    let mut c = tokio::net::TcpStream::connect(g.listen[0]).await.unwrap();
+    c.write_all(format!("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {SAMPLE_KEY}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let end = loop {
+        let mut chunk = [0u8; 4096];
+        let n = c.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the whole answer: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            if got.len() >= i + 4 + body.len() {
+                break i + 4;
+            }
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}", body.len())),
+        "{head}"
+    );
+    assert_eq!(&got[end..], &body[..]);
+    backend.abort();
+}
+
 #[tokio::test]
 async fn unreachable_backend_is_502_and_nothing_leaks() {
     // A port with nothing listening: bind, note it, close.

@@ -1,9 +1,12 @@
 //! Opening the upstream socket and upgrading it.
 
 use std::{
+    future::poll_fn,
     io,
+    mem::MaybeUninit,
     net::{IpAddr, SocketAddr},
     path::Path,
+    pin::Pin,
     sync::Arc,
     time::Duration,
 };
@@ -12,7 +15,7 @@ use http::{HeaderMap, StatusCode};
 use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf},
     net::{TcpSocket, TcpStream},
     time::timeout,
 };
@@ -209,21 +212,27 @@ async fn upgrade(
     stream.write_all(request).await.map_err(io_err)?;
     stream.flush().await.map_err(io_err)?;
     // The answer is parsed where it was read: a head that arrives in one read (the usual
-    // case) is never copied. `held` collects a head that arrives in pieces.
-    let mut chunk = [0u8; 2048];
+    // case) is never copied. `held` collects a head that arrives in pieces. The read
+    // buffer is left uninitialised: zeroing 2 KiB per connection was 3 % of the user-space
+    // instructions of a whole connection (callgrind).
+    let mut chunk = [MaybeUninit::<u8>::uninit(); 2048];
     let mut held: Vec<u8> = Vec::new();
     let (answer, rest) = loop {
-        let n = stream.read(&mut chunk).await.map_err(io_err)?;
-        if n == 0 {
+        let mut read = ReadBuf::uninit(&mut chunk);
+        poll_fn(|cx| Pin::new(&mut stream).poll_read(cx, &mut read))
+            .await
+            .map_err(io_err)?;
+        let fresh = read.filled();
+        if fresh.is_empty() {
             return Err(UpstreamError::Protocol {
                 backend: url(),
                 reason: "closed the connection before answering",
             });
         }
         let data = if held.is_empty() {
-            &chunk[..n]
+            fresh
         } else {
-            held.extend_from_slice(&chunk[..n]);
+            held.extend_from_slice(fresh);
             &held[..]
         };
         match parse_upstream_response(data, hs) {
@@ -242,7 +251,7 @@ async fn upgrade(
             }
             Ok(None) => {
                 if held.is_empty() {
-                    held.extend_from_slice(&chunk[..n]);
+                    held.extend_from_slice(fresh);
                 }
             }
             Err(reason) => {
@@ -268,12 +277,11 @@ async fn upgrade(
             let mut body = rest;
             match content_length {
                 Some(len) if len <= MAX_REFUSAL_BODY => {
+                    body.reserve(len.saturating_sub(body.len()));
                     while body.len() < len {
-                        let n = stream.read(&mut chunk).await.map_err(io_err)?;
-                        if n == 0 {
+                        if stream.read_buf(&mut body).await.map_err(io_err)? == 0 {
                             break;
                         }
-                        body.extend_from_slice(&chunk[..n]);
                     }
                     body.truncate(len);
                 }
