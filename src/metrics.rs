@@ -111,7 +111,7 @@ pub struct ActiveSocket(Arc<Metrics>);
 
 impl Drop for ActiveSocket {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
+        self.0.socket_closed();
     }
 }
 
@@ -180,9 +180,21 @@ impl Metrics {
 
     /// Counts an open socket; the count drops with the guard.
     pub fn open_socket(self: &Arc<Self>) -> ActiveSocket {
+        self.socket_opened();
+        ActiveSocket(self.clone())
+    }
+
+    /// Counts an open socket for a guard that reaches these metrics another way and
+    /// calls [`socket_closed`](Self::socket_closed) when dropped: the proxy's per-socket
+    /// guard goes through its route, one pointer fewer in every socket's task.
+    pub(crate) fn socket_opened(&self) {
         self.active.fetch_add(1, Relaxed);
         self.sockets_total.fetch_add(1, Relaxed);
-        ActiveSocket(self.clone())
+    }
+
+    /// The socket counted by [`socket_opened`](Self::socket_opened) is over.
+    pub(crate) fn socket_closed(&self) {
+        self.active.fetch_sub(1, Relaxed);
     }
 
     /// Open proxied sockets now.

@@ -11,10 +11,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::{
-        atomic::{AtomicI64, Ordering},
-        Arc,
-    },
+    sync::{atomic::AtomicI64, Arc},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -26,7 +23,7 @@ use axum::{
 };
 use http::{header, HeaderValue, StatusCode};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info_span, Instrument};
 use wsgate_layers::{
     client_ip::{PeerAddr, TrustedPeer},
     jwt::TokenExpiry,
@@ -34,16 +31,17 @@ use wsgate_layers::{
     ClientIp, Leases, SelectedUpstream,
 };
 
+mod socket;
+
+use socket::{Held, Prepared, SocketTask};
+
 use crate::{
     error::{text, HandshakeRejection, UpstreamError},
     handshake::{
         check_client, rsv_bits, upstream_head, upstream_headers, Forwarding, UpstreamAnswer,
     },
     metrics::{Metrics, Outcome},
-    relay::{
-        frame::text_frame, relay_closing, relay_resumable, relay_resumed, RelayEnd, RelayReport,
-        RelaySettings, Signal, Stream,
-    },
+    relay::{frame::text_frame, RelaySettings, Signal, Stream},
     upgrade::PendingUpgrade,
     upstream::{
         resume::{resumed_handshake, resumed_headers, strip_resume_headers, ResumeRequest},
@@ -246,7 +244,7 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
         .connector
         .open_any(&selected.candidates, request, &hs, &request_id)
         .await;
-    let (mut backend, opened) = match attempt {
+    let (backend, opened) = match attempt {
         Ok(o) => o,
         Err(last_err) => {
             let e = last_err.unwrap_or(UpstreamError::Protocol {
@@ -331,7 +329,7 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
     }
     // Resume needs the handshake again, with the negotiated subprotocol; never with an
     // extension (its compression context cannot move to another backend).
-    // Boxed: every socket's task holds this option for its whole life.
+    // Boxed: every socket's task holds this option until its relay starts.
     let resume = match route.connector.resume() {
         Some(r) if extensions.is_none() => Some(Box::new((
             r.clone(),
@@ -370,132 +368,19 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
         client = %client_ip,
         backend = %backend.url(),
     );
-    let task_route = route.clone();
-    route.shared.tracker.spawn(
-        async move {
-            // Held until the socket ends (a reference: a moved copy would take space
-            // in the task beside the captured one).
-            let _leases = &leases;
-            let mut on_backend = backend.track();
-            let mut movable = task_route
-                .connector
-                .rebalance()
-                .then(|| backend.register_movable());
-            let _counted = task_route.shared.metrics.open_socket();
-            task_route.active.fetch_add(1, Ordering::Relaxed);
-            let _route_count = RouteCount(&task_route.active);
-            let started = Instant::now();
-            let (client, initial) = match pending.wait().await {
-                Ok(c) => c,
-                Err(e) => {
-                    debug!(error = %e, "client left before the upgrade completed");
-                    return;
-                }
-            };
-            let report = if let Some(boxed) = resume {
-                let (resume, req, key, upstream) = *boxed;
-                // Boxed: a resumable socket's state (the reconnect, a second relay) is
-                // allocated only for such sockets, not in every socket's task.
-                Box::pin(async {
-                let mut end = relay_resumable(
-                    client,
-                    stream,
-                    &initial,
-                    &leftover,
-                    &settings,
-                    drain_signal(&task_route.shared),
-                    move_signal(&backend, movable.as_ref()),
-                )
-                .await;
-                loop {
-                    let mut detached = match end {
-                        RelayEnd::Closed(report) => break report,
-                        RelayEnd::BackendGone(d) => d,
-                    };
-                    drop(movable.take());
-                    if task_route.shared.drain.is_cancelled() {
-                        break detached
-                            .close(1001, "going away", settings.close_timeout)
-                            .await;
-                    }
-                    let gone = backend.clone();
-                    let Some((next, stream, leftover)) = task_route
-                        .connector
-                        .reopen(&upstream, key.as_deref(), &gone, &req)
-                        .await
-                    else {
-                        info!(planned = detached.planned, "resume failed: no backend took the session");
-                        break detached
-                            .close(1012, "backend went away", settings.close_timeout)
-                            .await;
-                    };
-                    info!(from = %gone.url(), to = %next.url(), planned = detached.planned, "session resumed on another backend");
-                    backend = next;
-                    on_backend = backend.track();
-                    movable = task_route
-                        .connector
-                        .rebalance()
-                        .then(|| backend.register_movable());
-                    if let Some(text) = &resume.notice {
-                        if !write_notice(detached.client_mut(), text, settings.close_timeout).await {
-                            break RelayReport {
-                                closed_by: "client",
-                                ..RelayReport::default()
-                            };
-                        }
-                    }
-                    // Timers keep counting from the first upgrade.
-                    let s = Arc::make_mut(&mut settings);
-                    s.max_lifetime = s.max_lifetime.map(|l| l.saturating_sub(started.elapsed()));
-                    end = relay_resumed(
-                        detached,
-                        stream,
-                        &leftover,
-                        &settings,
-                        drain_signal(&task_route.shared),
-                        move_signal(&backend, movable.as_ref()),
-                    )
-                    .await;
-                }
-                })
-                .await
-            } else {
-                // The signals are built inside the call: a local holding them would keep
-                // its own space in the task beside the relay's copy.
-                // The pumps copy `initial`: scoped so that it is not kept beside the relay.
-                let relay = {
-                    let initial = initial;
-                    relay_closing(
-                        client,
-                        stream,
-                        &initial,
-                        &leftover,
-                        &settings,
-                        drain_or_removed(&task_route.shared, &backend),
-                        movable
-                            .as_ref()
-                            .map(|m| Signal::new(m.token().clone(), Duration::ZERO)),
-                    )
-                };
-                relay.await
-            };
-            drop((on_backend, movable));
-            task_route.shared.metrics.closed(&report);
-            info!(
-                duration_ms = started.elapsed().as_millis() as u64,
-                bytes_up = report.bytes_up,
-                bytes_down = report.bytes_down,
-                messages_up = report.messages_up,
-                messages_down = report.messages_down,
-                closed_by = report.closed_by,
-                close_code = report.close_code,
-                reason = report.proxy_reason,
-                messages_dropped = report.messages_dropped,
-                "closed"
-            );
-        }
-        .instrument(span),
+    // Counted from here: a socket waiting for the client's side of the upgrade is open.
+    let held = Held::open(route.clone(), &backend, leases);
+    let task = SocketTask::new(
+        pending.wait(),
+        Prepared {
+            upstream: stream,
+            leftover,
+            settings,
+            resume,
+            held,
+        },
     );
+    route.shared.tracker.spawn(task.instrument(span));
     (Outcome::Ok, resp)
 }
 
@@ -538,15 +423,6 @@ fn host_allowed(host: Option<&str>, hosts: &[String]) -> bool {
     hosts
         .iter()
         .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(bare))
-}
-
-/// Decrements a route's open-socket count on every exit path.
-struct RouteCount<'a>(&'a AtomicI64);
-
-impl Drop for RouteCount<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Resolves when this socket should close for shutdown: after the drain starts, plus a

@@ -24,6 +24,7 @@
 
 use std::{
     future::Future,
+    ops::Deref,
     pin::Pin,
     task::{ready, Context, Poll},
     time::Duration,
@@ -66,8 +67,11 @@ enum Phase {
 pin_project! {
     /// Relays frames between a client and a backend until both are closed (or, in resume
     /// mode, until the backend is gone and the client can move): see the module docs.
+    ///
+    /// `C` is how the relay holds its settings: a reference, or (in the proxy, where
+    /// the relay must not borrow from its own task) the route's shared `Arc`.
     #[must_use = "futures do nothing unless polled"]
-    pub(crate) struct Relay<'a, S, R, D> {
+    pub(crate) struct Relay<C, S, R, D> {
         #[pin]
         shutdown: S,
         // Boxed: most sockets have neither, and an absent one would still reserve a
@@ -75,23 +79,21 @@ pin_project! {
         rebalance: Option<Pin<Box<R>>>,
         detach: Option<Pin<Box<D>>>,
         phase: Phase,
-        control: Control<'a>,
+        control: Control<C>,
     }
 }
 
-impl<'a, S, R, D> Relay<'a, S, R, D> {
-    /// A relay of `sockets` under `settings`. `base_down` carries the backend-to-client
-    /// bytes and messages of earlier backends (resume mode); `rebalance` and `detach`
-    /// (resume mode) are off when `None`.
+impl<C: Deref<Target = RelaySettings>, S, R, D> Relay<C, S, R, D> {
+    /// A relay of `sockets` under `settings`; `rebalance` and `detach` (resume mode) are
+    /// off when `None`.
     pub(super) fn new(
         sockets: Sockets,
-        settings: &'a RelaySettings,
+        settings: C,
         shutdown: S,
         rebalance: Option<R>,
         detach: Option<D>,
-        base_down: (u64, u64),
     ) -> Self {
-        let deadlines = Deadlines::new(settings, Instant::now());
+        let deadlines = Deadlines::new(&settings, Instant::now());
         Self {
             shutdown,
             rebalance: rebalance.map(Box::pin),
@@ -101,7 +103,6 @@ impl<'a, S, R, D> Relay<'a, S, R, D> {
                 settings,
                 timer: deadlines.any().then(|| Timer::new(deadlines)),
                 signals: SignalWaker::new(),
-                base_down: (base_down != (0, 0)).then(|| Box::new(base_down)),
                 closer: Closer::default(),
                 ping_outstanding: false,
                 closing: false,
@@ -116,15 +117,12 @@ impl<'a, S, R, D> Relay<'a, S, R, D> {
 }
 
 /// The relay's state beside its sockets and signals.
-struct Control<'a> {
-    settings: &'a RelaySettings,
+struct Control<C> {
+    settings: C,
     /// `None` until the socket has a deadline.
     timer: Option<Pin<Box<Timer>>>,
     /// The signals are polled only when one of them woke the task.
     signals: SignalWaker,
-    /// Resume mode: the bytes and messages earlier backends sent down. Boxed, and only
-    /// when not zero: a first backend's relay (almost every one) holds 8 bytes for it.
-    base_down: Option<Box<(u64, u64)>>,
     /// Who closed, while the relay runs; the counters are read from the pumps at the end
     /// (a whole report would hold them twice for the socket's life).
     closer: Closer,
@@ -226,8 +224,9 @@ enum Flow {
     End(Option<bool>),
 }
 
-impl<S, R, D> Future for Relay<'_, S, R, D>
+impl<C, S, R, D> Future for Relay<C, S, R, D>
 where
+    C: Deref<Target = RelaySettings>,
     S: Future<Output = ()>,
     R: Future<Output = ()>,
     D: Future<Output = ()>,
@@ -269,15 +268,16 @@ where
 }
 
 /// Waits for the first of the pumps, the signals and the timer, in that order.
-fn poll_wake<S, R, D>(
+fn poll_wake<C, S, R, D>(
     io: &mut Sockets,
     shutdown: Pin<&mut S>,
     rebalance: &mut Option<Pin<Box<R>>>,
     detach: &mut Option<Pin<Box<D>>>,
-    control: &mut Control<'_>,
+    control: &mut Control<C>,
     cx: &mut Context<'_>,
 ) -> Poll<Wake>
 where
+    C: Deref<Target = RelaySettings>,
     S: Future<Output = ()>,
     R: Future<Output = ()>,
     D: Future<Output = ()>,
@@ -317,11 +317,11 @@ where
 /// Polls the signals still relevant, in their order of precedence. Each flag that turns a
 /// signal off only ever goes from false to true, so a signal skipped here is never needed
 /// again.
-fn poll_signals<S, R, D>(
+fn poll_signals<C, S, R, D>(
     shutdown: Pin<&mut S>,
     rebalance: &mut Option<Pin<Box<R>>>,
     detach: &mut Option<Pin<Box<D>>>,
-    control: &Control<'_>,
+    control: &Control<C>,
     cx: &mut Context<'_>,
 ) -> Poll<Wake>
 where
@@ -352,7 +352,7 @@ fn poll_signal<F: Future<Output = ()>>(
     }
 }
 
-impl Control<'_> {
+impl<C: Deref<Target = RelaySettings>> Control<C> {
     /// Whether the close deadline applies.
     fn close_armed(&self) -> bool {
         self.closing || self.detaching || self.lost_write
@@ -614,12 +614,11 @@ impl Control<'_> {
             down,
         } = io;
         let closer = std::mem::take(&mut self.closer);
-        let (base_bytes, base_messages) = self.base_down.as_deref().copied().unwrap_or_default();
         let report = RelayReport {
             bytes_up: up.bytes,
-            bytes_down: base_bytes + down.bytes,
+            bytes_down: down.bytes,
             messages_up: up.messages(),
-            messages_down: base_messages + down.messages(),
+            messages_down: down.messages(),
             closed_by: closer.closed_by.as_str(),
             close_code: closer.close_code,
             proxy_reason: closer.proxy_reason,
@@ -763,7 +762,7 @@ mod tests {
     async fn new_relay(
         settings: &RelaySettings,
     ) -> (
-        Relay<'_, Pending<()>, Pending<()>, Pending<()>>,
+        Relay<&RelaySettings, Pending<()>, Pending<()>, Pending<()>>,
         [TcpStream; 2],
     ) {
         let (c, c_peer) = pair().await;
@@ -774,14 +773,7 @@ mod tests {
             up: up_pump(settings, &[]),
             down: down_pump(settings, &[]),
         };
-        let relay = Relay::new(
-            sockets,
-            settings,
-            std::future::pending(),
-            None,
-            None,
-            (0, 0),
-        );
+        let relay = Relay::new(sockets, settings, std::future::pending(), None, None);
         (relay, [c_peer, u_peer])
     }
 

@@ -42,19 +42,21 @@ mod stream;
 mod utf8;
 
 use std::{
-    future::{Future, IntoFuture},
+    future::{Future, IntoFuture, Pending},
+    ops::Deref,
     time::{Duration, Instant},
 };
 
 use futures_util::FutureExt;
 
-pub(crate) use signal::Signal;
+pub(crate) use signal::{Signal, SignalFuture};
 pub use stream::Stream;
 pub use utf8::{InvalidUtf8, MaskedText, Utf8Validator};
 use wsgate_layers::ratelimit::MessageLimits;
 
 use frame::ScanRules;
-use future::{Relay, Sockets};
+pub(crate) use future::Relay;
+use future::Sockets;
 use pump::Pump;
 
 /// Limits and timers of one relayed socket.
@@ -129,6 +131,17 @@ pub(crate) enum RelayEnd {
     Closed(RelayReport),
     /// The backend is gone and the client is intact: see [`Detached`].
     BackendGone(Box<Detached>),
+}
+
+impl RelayEnd {
+    /// The report, for a relay that ends [`Closed`](Self::Closed) (one built without
+    /// resume never parks; a parked one reports its traffic so far).
+    pub(crate) fn into_report(self) -> RelayReport {
+        match self {
+            Self::Closed(report) => report,
+            Self::BackendGone(d) => d.report,
+        }
+    }
 }
 
 /// A client socket whose backend went away at a boundary in both directions: the client
@@ -231,99 +244,96 @@ pub fn relay<'a>(
         upstream_initial,
         settings,
         shutdown,
-        None::<std::future::Pending<()>>,
+        None::<Pending<()>>,
     )
+    .map(RelayEnd::into_report)
 }
 
-/// What a relay waits on to close or move a socket (a drain, a removal, a rebalance):
-/// anything that becomes a `Future<Output = ()>`, for as long as the relay runs.
-pub(crate) trait Waitable<'a>: IntoFuture<Output = (), IntoFuture: 'a> + 'a {}
-
-impl<'a, T: IntoFuture<Output = (), IntoFuture: 'a> + 'a> Waitable<'a> for T {}
-
 /// [`relay`], closing both sides with 1012 "rebalance" when `rebalance` (if any) resolves.
+/// Its output is a [`RelayEnd::Closed`]: [`RelayEnd::into_report`] takes the report.
 ///
 /// This and the other entry points are plain functions that build the pumps and return
-/// [`run`]'s future as it is (mapped at most): an `async fn` wrapper would keep its own
-/// copy of the pumps beside the one inside `run` for the socket's whole life. Signals
-/// are taken as [`IntoFuture`] so that a [`Signal`] (a few words) is turned into its
-/// future only inside the relay, and stored once.
-pub(crate) fn relay_closing<'a, S, R>(
+/// the [`Relay`] future: an `async fn` wrapper would keep its own copy of the pumps
+/// beside the one inside the relay for the socket's whole life. Signals are taken as
+/// [`IntoFuture`] so that a [`Signal`] (a few words) is turned into its future only
+/// inside the relay, and stored once. `settings` is a reference or the route's shared
+/// `Arc` (see [`Relay`]).
+pub(crate) fn relay_closing<C, S, R>(
     client: Stream,
     upstream: Stream,
     client_initial: &[u8],
     upstream_initial: &[u8],
-    settings: &'a RelaySettings,
+    settings: C,
     shutdown: S,
     rebalance: Option<R>,
-) -> impl Future<Output = RelayReport> + 'a
+) -> Relay<C, S::IntoFuture, R::IntoFuture, Pending<()>>
 where
-    S: Waitable<'a>,
-    R: Waitable<'a>,
+    C: Deref<Target = RelaySettings>,
+    S: IntoFuture<Output = ()>,
+    R: IntoFuture<Output = ()>,
 {
-    let up = up_pump(settings, client_initial);
-    let down = down_pump(settings, upstream_initial);
+    let up = up_pump(&settings, client_initial);
+    let down = down_pump(&settings, upstream_initial);
     run(
-        client,
-        upstream,
-        up,
-        down,
+        Sockets {
+            client,
+            upstream,
+            up,
+            down,
+        },
         settings,
         shutdown,
         rebalance,
-        None::<std::future::Pending<()>>,
-        (0, 0),
+        None::<Pending<()>>,
     )
-    .map(|end| match end {
-        RelayEnd::Closed(r) => r,
-        // Pumps built without resume never park.
-        RelayEnd::BackendGone(d) => d.report.clone(),
-    })
 }
 
 /// Resume mode: like [`relay`], but a backend that vanishes at a clean boundary, or a
 /// `detach` (drain, rebalance) gives the client back as [`RelayEnd::BackendGone`]
 /// instead of closing it.
-pub(crate) fn relay_resumable<'a, S, D>(
+pub(crate) fn relay_resumable<C, S, D>(
     client: Stream,
     upstream: Stream,
     client_initial: &[u8],
     upstream_initial: &[u8],
-    settings: &'a RelaySettings,
+    settings: C,
     shutdown: S,
     detach: D,
-) -> impl Future<Output = RelayEnd> + 'a
+) -> Relay<C, S::IntoFuture, Pending<()>, D::IntoFuture>
 where
-    S: Waitable<'a>,
-    D: Waitable<'a>,
+    C: Deref<Target = RelaySettings>,
+    S: IntoFuture<Output = ()>,
+    D: IntoFuture<Output = ()>,
 {
-    let up = up_pump(settings, client_initial).resumable();
-    let down = down_pump(settings, upstream_initial).resumable();
+    let up = up_pump(&settings, client_initial).resumable();
+    let down = down_pump(&settings, upstream_initial).resumable();
     run(
-        client,
-        upstream,
-        up,
-        down,
+        Sockets {
+            client,
+            upstream,
+            up,
+            down,
+        },
         settings,
         shutdown,
-        None::<std::future::Pending<()>>,
+        None::<Pending<()>>,
         Some(detach),
-        (0, 0),
     )
 }
 
 /// Re-attaches a [`Detached`] client to a new backend socket.
-pub(crate) fn relay_resumed<'a, S, D>(
+pub(crate) fn relay_resumed<C, S, D>(
     detached: Box<Detached>,
     upstream: Stream,
     upstream_initial: &[u8],
-    settings: &'a RelaySettings,
+    settings: C,
     shutdown: S,
     detach: D,
-) -> impl Future<Output = RelayEnd> + 'a
+) -> Relay<C, S::IntoFuture, Pending<()>, D::IntoFuture>
 where
-    S: Waitable<'a>,
-    D: Waitable<'a>,
+    C: Deref<Target = RelaySettings>,
+    S: IntoFuture<Output = ()>,
+    D: IntoFuture<Output = ()>,
 {
     let Detached {
         client,
@@ -332,17 +342,21 @@ where
         ..
     } = *detached;
     up.reattach();
-    let down = down_pump(settings, upstream_initial).resumable();
+    // The backend-to-client counters go on from the earlier backends' figures.
+    let down = down_pump(&settings, upstream_initial)
+        .resumable()
+        .counted_from(report.bytes_down, report.messages_down);
     run(
-        client,
-        upstream,
-        up,
-        down,
+        Sockets {
+            client,
+            upstream,
+            up,
+            down,
+        },
         settings,
         shutdown,
-        None::<std::future::Pending<()>>,
+        None::<Pending<()>>,
         Some(detach),
-        (report.bytes_down, report.messages_down),
     )
 }
 
@@ -378,41 +392,29 @@ fn down_pump(settings: &RelaySettings, upstream_initial: &[u8]) -> Pump {
     )
 }
 
-/// The relay of `client` and `upstream` through `up` and `down`. `base_down` carries the
-/// backend-to-client bytes and messages of earlier backends (resume mode). `rebalance`
-/// and `detach` (resume mode) are off when `None`.
+/// The relay of `io`. `rebalance` and `detach` (resume mode) are off when `None`.
 ///
 /// The signals arrive as [`IntoFuture`] values and become futures here, inside the
 /// relay: a future built outside and moved in would be stored twice in the task.
-#[allow(clippy::too_many_arguments)]
-fn run<'a, S, R, D>(
-    client: Stream,
-    upstream: Stream,
-    up: Pump,
-    down: Pump,
-    settings: &'a RelaySettings,
+fn run<C, S, R, D>(
+    io: Sockets,
+    settings: C,
     shutdown: S,
     rebalance: Option<R>,
     detach: Option<D>,
-    base_down: (u64, u64),
-) -> Relay<'a, S::IntoFuture, R::IntoFuture, D::IntoFuture>
+) -> Relay<C, S::IntoFuture, R::IntoFuture, D::IntoFuture>
 where
-    S: Waitable<'a>,
-    R: Waitable<'a>,
-    D: Waitable<'a>,
+    C: Deref<Target = RelaySettings>,
+    S: IntoFuture<Output = ()>,
+    R: IntoFuture<Output = ()>,
+    D: IntoFuture<Output = ()>,
 {
     Relay::new(
-        Sockets {
-            client,
-            upstream,
-            up,
-            down,
-        },
+        io,
         settings,
         shutdown.into_future(),
         rebalance.map(IntoFuture::into_future),
         detach.map(IntoFuture::into_future),
-        base_down,
     )
 }
 
@@ -457,13 +459,15 @@ pub(crate) mod tests {
             Signal::new(token.clone(), Duration::from_secs(1)).or(Some(token.clone())),
             Some(Signal::new(token.clone(), Duration::ZERO)),
         );
-        // 824 B in session 4 (1,272 as an `async` block): with the proxy's guards around
-        // it the task cell is 1,280 B (debug), jemalloc's 1,280 size class, with 96 B to
-        // spare; past that it takes the 1,536 class, 256 B more per socket.
+        // 824 B in session 4 (1,272 as an `async` block), 768 in session 5 (760, plus the
+        // 8 B pointer to the signals' waker that keeps their locks off the hot path). With the
+        // proxy's guards around it the task cell is 1,024 B (debug), jemalloc's 1,024
+        // size class (`proxy::socket::tests` bounds the whole task); past that it takes
+        // the 1,280 class, 256 B more per socket.
         let sizes = [
-            ("relay future", std::mem::size_of_val(&relay), 824),
-            ("Pump", size_of::<Pump>(), 248),
-            ("FrameScanner", size_of::<frame::FrameScanner>(), 112),
+            ("relay future", std::mem::size_of_val(&relay), 768),
+            ("Pump", size_of::<Pump>(), 224),
+            ("FrameScanner", size_of::<frame::FrameScanner>(), 96),
             ("Stream", size_of::<Stream>(), 40),
             ("Signal", size_of::<Signal>(), 32),
             ("SignalFuture", size_of::<signal::SignalFuture>(), 168),

@@ -63,7 +63,9 @@ enum After {
 pub(crate) struct Pump {
     scanner: FrameScanner,
     buf: Option<Box<[u8]>>,
-    buf_size: usize,
+    /// A `u32`, as is `inject_pos`: together they take one word of every pump instead
+    /// of two (`server.buffer_size` is at most 16 MiB; a control frame, 131 bytes).
+    buf_size: u32,
     /// `buf[write_pos..write_end]` is scanned and still to be written.
     write_pos: usize,
     write_end: usize,
@@ -74,7 +76,7 @@ pub(crate) struct Pump {
     /// Boxed, as is `queued_close`: a control frame is 132 bytes and is needed only for
     /// the moment wsgate injects one, so idle sockets do not carry the space.
     inject: Option<Box<ControlFrame>>,
-    inject_pos: usize,
+    inject_pos: u32,
     /// The injected frame is a close: nothing is forwarded after it.
     inject_closes: bool,
     /// A close waiting for a half-written ping to finish.
@@ -127,6 +129,7 @@ impl Pump {
         let buf_size = buf_size
             .max(initial.len())
             .max(super::frame::MAX_CONTROL_FRAME * 2);
+        let buf_size = u32::try_from(buf_size).unwrap_or(u32::MAX);
         let mut pump = Self {
             scanner: FrameScanner::new(rules).with_limiter(limiter),
             buf: None,
@@ -154,12 +157,20 @@ impl Pump {
             detach: false,
         };
         if !initial.is_empty() {
-            let mut buf = buffer::take(pump.buf_size);
+            let mut buf = buffer::take(pump.buf_size as usize);
             buf[..initial.len()].copy_from_slice(initial);
             pump.buf = Some(buf);
             pump.took(initial.len());
         }
         pump
+    }
+
+    /// Counts on from `bytes` and `messages` (resume mode: earlier backends' traffic),
+    /// so the relay keeps no totals of its own beside the pumps'.
+    pub(crate) fn counted_from(mut self, bytes: u64, messages: u64) -> Self {
+        self.bytes = bytes;
+        self.scanner.messages = messages;
+        self
     }
 
     /// Messages forwarded so far.
@@ -328,7 +339,7 @@ impl Pump {
 
     /// Messages dropped by the message-rate limit.
     pub(crate) fn dropped(&self) -> u64 {
-        self.scanner.dropped
+        self.scanner.dropped()
     }
 
     /// Accounts `n` new bytes at `buf[filled..]` and scans them.
@@ -476,11 +487,12 @@ impl Pump {
                         continue;
                     };
                     let bytes = frame.as_bytes();
-                    while self.inject_pos < bytes.len() {
-                        match ready!(Pin::new(&mut *dst).poll_write(cx, &bytes[self.inject_pos..]))
-                        {
+                    while (self.inject_pos as usize) < bytes.len() {
+                        let rest = &bytes[self.inject_pos as usize..];
+                        match ready!(Pin::new(&mut *dst).poll_write(cx, rest)) {
                             Ok(0) | Err(_) => return Poll::Ready(self.dst_gone()),
-                            Ok(n) => self.inject_pos += n,
+                            // At most the rest of the frame (131 bytes): fits.
+                            Ok(n) => self.inject_pos += n as u32,
                         }
                     }
                     if ready!(Pin::new(&mut *dst).poll_flush(cx)).is_err() {
@@ -591,7 +603,7 @@ impl Pump {
             if lends {
                 ready!(src.poll_read_ready(cx))?;
             }
-            self.buf = Some(buffer::take(self.buf_size));
+            self.buf = Some(buffer::take(self.buf_size as usize));
         }
         let Some(buf) = self.buf.as_mut() else {
             return Poll::Ready(Err(io::ErrorKind::OutOfMemory.into()));
