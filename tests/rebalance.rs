@@ -64,9 +64,13 @@ async fn clients(
                         let f = f
                             .map(|f| (u16::from(f.code), f.reason.to_string()))
                             .unwrap_or((1005, String::new()));
-                        closes.lock().await.push(f);
                         let _ = futures_util::SinkExt::flush(&mut ws).await;
                         ws = connect(&url).await;
+                        // Counted once the client is back: then "20 moved and the counts
+                        // sum to N" means the old sockets are released too, not that a
+                        // socket is between its close and its reconnect (counted on
+                        // neither backend yet, or on both).
+                        closes.lock().await.push(f);
                     }
                     Some(Ok(Message::Text(t))) => notices.lock().await.push(t.to_string()),
                     Some(Ok(_)) => {}
