@@ -25,7 +25,7 @@ use axum::{
 use http::StatusCode;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::{ServiceBuilder, ServiceExt};
@@ -508,13 +508,8 @@ const BACKLOG: u32 = 1024;
 /// * Delayed ACKs (`TCP_QUICKACK` off, inherited): the client's request is acknowledged by
 ///   the 101 rather than by a segment of its own ([`crate::sockopt::delay_acks`]).
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = crate::sockopt::tcp_socket_for(addr)?;
     socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
     #[cfg(target_os = "linux")]
     crate::sockopt::defer_accept(&socket, DEFER_ACCEPT_SECS)?;
     socket.bind(addr)?;

@@ -2,7 +2,22 @@
 
 #![allow(unsafe_code)]
 
-use std::{io, os::fd::AsRawFd};
+use std::{io, net::SocketAddr, os::fd::AsRawFd};
+
+use tokio::net::TcpSocket;
+
+/// A TCP socket of `addr`'s family with `TCP_NODELAY` on: how wsgate opens both its
+/// listeners (accepted sockets inherit it) and its backend sockets, since a relayed
+/// frame must never wait for Nagle.
+pub(crate) fn tcp_socket_for(addr: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_nodelay(true)?;
+    Ok(socket)
+}
 
 /// Sets `TCP_DEFER_ACCEPT` on a socket that will listen: connections are handed to
 /// `accept` only once data has arrived, or after about `secs` seconds.

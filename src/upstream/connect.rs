@@ -305,12 +305,7 @@ async fn connect_addr(addr: SocketAddr) -> io::Result<TcpStream> {
 }
 
 fn backend_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_nodelay(true)?;
+    let socket = crate::sockopt::tcp_socket_for(addr)?;
     #[cfg(target_os = "linux")]
     crate::sockopt::delay_acks(&socket)?;
     Ok(socket)
