@@ -9,8 +9,6 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "a test secret that is long enough for HS256";
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -23,7 +21,7 @@ fn token(sub: &str, exp: u64) -> String {
     encode(
         &Header::default(),
         &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
+        &EncodingKey::from_secret(HS256_SECRET.as_bytes()),
     )
     .unwrap()
 }
@@ -43,9 +41,7 @@ forward_claims = {{ sub = "X-Auth-Subject" }}
 
 #[tokio::test]
 async fn jwt_route_refuses_without_token_and_forwards_identity_not_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("hs.secret");
-    std::fs::write(&secret, SECRET).unwrap();
+    let (_dir, secret) = hs256_secret_file();
     let mut b = Backend::start(BackendOpts::named("a")).await;
     let g = gate(&one_route(
         &[&b.url],
@@ -84,9 +80,7 @@ async fn jwt_route_refuses_without_token_and_forwards_identity_not_token() {
 
 #[tokio::test]
 async fn socket_is_closed_with_4401_when_the_token_expires() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("hs.secret");
-    std::fs::write(&secret, SECRET).unwrap();
+    let (_dir, secret) = hs256_secret_file();
     let b = Backend::start(BackendOpts::named("a")).await;
     let g = gate(&one_route(
         &[&b.url],
@@ -151,9 +145,7 @@ fn bad_limit_and_jwt_sections_are_config_errors_naming_the_key() {
 
 #[tokio::test]
 async fn token_cookie_next_to_a_non_ascii_cookie_is_read_and_not_forwarded() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("hs.secret");
-    std::fs::write(&secret, SECRET).unwrap();
+    let (_dir, secret) = hs256_secret_file();
     let mut b = Backend::start(BackendOpts::named("a")).await;
     let route = format!(
         "origins = [\"https://app.test\"]\n{}",
@@ -184,9 +176,7 @@ async fn token_cookie_next_to_a_non_ascii_cookie_is_read_and_not_forwarded() {
 
 #[tokio::test]
 async fn per_subject_cap_counts_the_verified_subject() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("hs.secret");
-    std::fs::write(&secret, SECRET).unwrap();
+    let (_dir, secret) = hs256_secret_file();
     let b = Backend::start(BackendOpts::named("a")).await;
     let route = format!(
         "{}\n[route.rate_limit]\nmax_connections_per_subject = 1\n",

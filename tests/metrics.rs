@@ -6,10 +6,8 @@ mod support;
 use support::*;
 use wsgate::{metrics::Outcome, server::Running};
 
-const SECRET: &str = "a test secret that is long enough for HS256";
-
 fn token(sub: &str) -> String {
-    hs256_token(SECRET, sub)
+    hs256_token(HS256_SECRET, sub)
 }
 
 /// The status page's list of refusals: (route, status, outcome), oldest first.
@@ -42,9 +40,7 @@ async fn a_refusal_by_the_handler_is_counted_once() {
 
 #[tokio::test]
 async fn layer_refusals_are_counted_by_status_and_the_rate_limit_comes_before_jwt() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("hs.secret");
-    std::fs::write(&secret, SECRET).unwrap();
+    let (_dir, secret) = hs256_secret_file();
     let b = Backend::start(BackendOpts::named("a")).await;
     let route = format!(
         "[route.jwt]\nsecret_file = \"{}\"\n\n[route.rate_limit]\nper_ip = \"1/h\"\nburst = 2\n",

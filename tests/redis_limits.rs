@@ -105,11 +105,10 @@ async fn redis_down_with_fail_closed_refuses_with_503() {
     assert_eq!(refused_status(&ws_url(&g, "/ws"), &[]).await, 503);
 }
 
-const SECRET: &str = "a test secret that is long enough for HS256";
 const LEASE_TTL: Duration = Duration::from_secs(2);
 
 fn bearer(sub: &str) -> String {
-    format!("Bearer {}", hs256_token(SECRET, sub))
+    format!("Bearer {}", hs256_token(HS256_SECRET, sub))
 }
 
 /// The `wsgate` binary as a separate process, so it can be killed hard (SIGKILL): no
@@ -179,9 +178,7 @@ async fn subject_cap_is_shared_by_two_instances_and_a_killed_instance_frees_its_
 ) {
     let redis = Redis::start().await;
     let b = Backend::start(BackendOpts::named("a")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("hs.secret");
-    std::fs::write(&secret, SECRET).unwrap();
+    let (dir, secret) = hs256_secret_file();
     let route = format!(
         "[route.jwt]\nsecret_file = \"{}\"\n\n[route.rate_limit]\nmax_connections_per_subject = 2\nredis = \"redis://127.0.0.1:{}\"\nredis_fail = \"closed\"\nredis_lease_ttl = \"{}s\"\n",
         secret.display(),

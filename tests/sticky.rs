@@ -10,7 +10,6 @@ use tokio_tungstenite::tungstenite::Message;
 use wsgate_layers::upstream::{Policy, Upstream};
 
 const STICKY_SECRET: &str = "a sticky cookie secret that is at least 32 bytes";
-const JWT_SECRET: &str = "a test secret that is long enough for HS256";
 
 fn config(backends: &[&str], upstream_extra: &str, route_extra: &str) -> String {
     let list = backends
@@ -203,14 +202,12 @@ async fn header_key_is_sticky_and_two_instances_agree() {
 }
 
 fn token(sub: &str) -> String {
-    hs256_token(JWT_SECRET, sub)
+    hs256_token(HS256_SECRET, sub)
 }
 
 #[tokio::test]
 async fn verified_claim_keys_the_backend() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("hs.secret");
-    std::fs::write(&secret, JWT_SECRET).unwrap();
+    let (_dir, secret) = hs256_secret_file();
     let bs = five().await;
     let g = gate(&config(
         &urls(&bs),

@@ -500,6 +500,18 @@ pub async fn read_masked_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     Some((h[0], p))
 }
 
+/// The HS256 secret the JWT tests sign with.
+pub const HS256_SECRET: &str = "a test secret that is long enough for HS256";
+
+/// [`HS256_SECRET`] written to `hs.secret` in a fresh directory, for a route's
+/// `secret_file`; the file lasts as long as the returned directory.
+pub fn hs256_secret_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hs.secret");
+    std::fs::write(&secret, HS256_SECRET).unwrap();
+    (dir, secret)
+}
+
 /// An HS256 token for `sub` signed with `secret`, valid for ten minutes.
 pub fn hs256_token(secret: &str, sub: &str) -> String {
     use jsonwebtoken::{encode, EncodingKey, Header};
