@@ -153,6 +153,10 @@ pub struct ServerConfig {
     /// Most handshakes in progress at once (waiting on a backend); beyond, 503 at once
     /// instead of an unbounded queue.
     pub max_handshakes: Option<usize>,
+    /// Most client connections and proxied sockets at once; beyond, 503 and then no
+    /// more accepts until one closes. Default: what the open-file limit allows
+    /// ([`crate::capacity::derived_limit`]).
+    pub max_connections: Option<usize>,
 }
 
 fn default_drain_window() -> HumanDuration {
@@ -197,6 +201,7 @@ impl Default for ServerConfig {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             max_handshakes: None,
+            max_connections: None,
         }
     }
 }
@@ -776,6 +781,12 @@ impl Config {
         if self.server.max_handshakes == Some(0) {
             return Err(err(
                 "server.max_handshakes".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.server.max_connections == Some(0) {
+            return Err(err(
+                "server.max_connections".into(),
                 "must be at least 1".into(),
             ));
         }

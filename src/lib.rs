@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 mod admin;
+pub mod capacity;
 pub mod config;
 pub mod demo;
 pub mod error;

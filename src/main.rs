@@ -156,6 +156,7 @@ async fn run(cli: Cli) -> Result<()> {
         Some(Command::Client { url, messages }) => return client(&url, messages).await,
         _ => init_logs(cli.log_format),
     }
+    raise_open_file_limit();
     match cli.command {
         Some(Command::Demo { listen, admin }) => run_demo(listen, admin).await,
         Some(Command::Echo { listen, name }) => {
@@ -175,6 +176,18 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Client { .. }) => Ok(()),
         None => run_proxy(cli).await,
+    }
+}
+
+/// Up to the hard limit: a proxy needs two descriptors per socket, and the usual soft
+/// default (1024) would cap it near 500 sockets (`wsgate::capacity`).
+fn raise_open_file_limit() {
+    match wsgate::capacity::raise_open_file_limit() {
+        Ok(n) => tracing::debug!(
+            open_file_limit = n,
+            "open-file limit raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
 }
 

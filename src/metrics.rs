@@ -36,6 +36,9 @@ pub enum Outcome {
     UpstreamRefused,
     /// Not a valid WebSocket handshake (400, 405, 426).
     BadRequest,
+    /// Refused because wsgate itself is full: its connection limit, `max_handshakes`,
+    /// or an unreachable limit store (503).
+    Overloaded,
 }
 
 impl Outcome {
@@ -48,7 +51,7 @@ impl Outcome {
     }
 }
 
-const OUTCOMES: [(Outcome, &str); 9] = [
+const OUTCOMES: [(Outcome, &str); 10] = [
     (Outcome::Ok, "ok"),
     (Outcome::AuthFailed, "auth_failed"),
     (Outcome::Forbidden, "forbidden"),
@@ -58,6 +61,7 @@ const OUTCOMES: [(Outcome, &str); 9] = [
     (Outcome::UpstreamFailed, "upstream_failed"),
     (Outcome::UpstreamRefused, "upstream_refused"),
     (Outcome::BadRequest, "bad_request"),
+    (Outcome::Overloaded, "overloaded"),
 ];
 
 /// Upper bounds of the handshake latency histogram, in seconds.
@@ -95,7 +99,7 @@ pub struct Metrics {
     recent: Mutex<VecDeque<Rejection>>,
     active: AtomicI64,
     sockets_total: AtomicU64,
-    handshakes: [AtomicU64; 9],
+    handshakes: [AtomicU64; 10],
     latency: [AtomicU64; 13],
     latency_sum_us: AtomicU64,
     bytes_up: AtomicU64,
@@ -103,6 +107,8 @@ pub struct Metrics {
     messages_up: AtomicU64,
     messages_down: AtomicU64,
     closes: [AtomicU64; 13],
+    /// Client connections and open sockets against the connection limit.
+    pub capacity: crate::capacity::Capacity,
 }
 
 /// Counts one open proxied socket until dropped.
@@ -190,11 +196,13 @@ impl Metrics {
     pub(crate) fn socket_opened(&self) {
         self.active.fetch_add(1, Relaxed);
         self.sockets_total.fetch_add(1, Relaxed);
+        self.capacity.socket_opened();
     }
 
     /// The socket counted by [`socket_opened`](Self::socket_opened) is over.
     pub(crate) fn socket_closed(&self) {
         self.active.fetch_sub(1, Relaxed);
+        self.capacity.socket_closed();
     }
 
     /// Open proxied sockets now.
@@ -229,6 +237,10 @@ impl Metrics {
         let mut s = String::with_capacity(4096);
         let _ = writeln!(s, "# HELP wsgate_connections_active Open proxied WebSockets.\n# TYPE wsgate_connections_active gauge\nwsgate_connections_active {}", self.active());
         let _ = writeln!(s, "# HELP wsgate_connections_total Proxied WebSockets opened.\n# TYPE wsgate_connections_total counter\nwsgate_connections_total {}", self.sockets_total.load(Relaxed));
+        let _ = writeln!(s, "# HELP wsgate_client_connections Accepted client connections still in their HTTP phase (before the upgrade, or refused).\n# TYPE wsgate_client_connections gauge\nwsgate_client_connections {}", self.capacity.connections());
+        if let Some(limit) = self.capacity.limit() {
+            let _ = writeln!(s, "# HELP wsgate_connection_limit Most client connections and open sockets at once (server.max_connections, or derived from the open-file limit).\n# TYPE wsgate_connection_limit gauge\nwsgate_connection_limit {limit}");
+        }
         let _ = writeln!(s, "# HELP wsgate_handshakes_total Client handshakes by outcome.\n# TYPE wsgate_handshakes_total counter");
         for (i, (_, name)) in OUTCOMES.iter().enumerate() {
             let _ = writeln!(

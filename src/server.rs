@@ -37,6 +37,7 @@ use wsgate_layers::{
 };
 
 use crate::{
+    capacity::{CapacityLayer, ClientConnection},
     config::{Config, RoutePath},
     error::text,
     hygiene::CheckRequestLayer,
@@ -145,6 +146,7 @@ pub async fn start_with(
         drain_jitter: cfg.server.drain_window.0,
         metrics: metrics.clone(),
     };
+    set_connection_limit(cfg, &metrics);
     let supervisor = Arc::new(Supervisor::new());
     let (router, upstreams) = build_router(cfg, &shared, &supervisor).await?;
     let router = extend(router);
@@ -181,6 +183,7 @@ pub async fn start_with(
             router.clone(),
             opts.clone(),
             tls.clone(),
+            Some(metrics.clone()),
             stop_accepting.clone(),
             listeners.clone(),
         ));
@@ -211,6 +214,9 @@ pub async fn start_with(
                     ..opts.clone()
                 },
                 None,
+                // Not counted against the connection limit: `/metrics` must answer
+                // when wsgate is full.
+                None,
                 stop_accepting.clone(),
                 listeners.clone(),
             ));
@@ -232,6 +238,39 @@ pub async fn start_with(
         grace: cfg.server.shutdown_timeout.0,
         close_timeout: cfg.server.close_timeout.0,
     })
+}
+
+/// Sets the connection limit: `server.max_connections`, or what the open-file limit
+/// allows (`crate::capacity`). Warns when the configured limit needs more descriptors
+/// than the process may open, since `EMFILE` would then come first.
+fn set_connection_limit(cfg: &Config, metrics: &Metrics) {
+    let reserved = crate::capacity::reserved(cfg);
+    let open_files = crate::capacity::open_file_limit();
+    let limit = match (cfg.server.max_connections, open_files) {
+        (Some(n), Some(files)) => {
+            let needed = (n as u64).saturating_mul(2).saturating_add(reserved);
+            if needed > files {
+                warn!(
+                    max_connections = n,
+                    needed,
+                    open_file_limit = files,
+                    "server.max_connections needs more descriptors than the open-file limit \
+                     allows; raise the limit (ulimit -n, systemd LimitNOFILE=) or lower \
+                     server.max_connections"
+                );
+            }
+            n
+        }
+        (Some(n), None) => n,
+        (None, Some(files)) => crate::capacity::derived_limit(files, reserved),
+        (None, None) => return,
+    };
+    metrics.capacity.set_limit(limit);
+    info!(
+        max_connections = limit,
+        open_file_limit = open_files,
+        "connection limit"
+    );
 }
 
 /// The client router: one route per `[[route]]`, each behind its layers.
@@ -329,6 +368,7 @@ async fn build_router(
             .max_handshakes
             .map(wsgate_layers::ratelimit::HandshakeLimitLayer::new),
         client_ip: ClientIpLayer::new().trusted_proxies(cfg.server.trusted_proxies.iter().copied()),
+        capacity: CapacityLayer::new(shared.metrics.clone()),
     };
     let mut router = Router::new();
     for r in &cfg.route {
@@ -407,6 +447,9 @@ struct OuterLayers {
     /// Who the client is, for the limits and the forwarding headers; inside the request
     /// checks ([`CheckRequestLayer`]) that come next.
     client_ip: ClientIpLayer,
+    /// 503 beyond the connection limit (`crate::capacity`); in a route's stack just
+    /// inside the refusal counter, so these refusals are counted (as `overloaded`).
+    capacity: CapacityLayer,
 }
 
 /// The answer for a path no route serves: 404, behind the same request checks as the
@@ -422,6 +465,7 @@ fn not_found(outer: OuterLayers) -> MethodRouter {
         ServiceBuilder::new()
             .option_layer(outer.handshakes)
             .layer(CheckRequestLayer)
+            .layer(outer.capacity)
             .service(answer),
     )
 }
@@ -475,6 +519,7 @@ async fn route_service(
         .layer(CheckRequestLayer)
         .layer(outer.client_ip.clone())
         .layer(CountRefusalsLayer::new(shared.metrics.clone(), &r.path))
+        .layer(outer.capacity.clone())
         .option_layer(rate)
         .option_layer(jwt)
         .option_layer(connections)
@@ -523,21 +568,32 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 /// How long the kernel holds a connection whose client has sent nothing yet.
 const DEFER_ACCEPT_SECS: u32 = 1;
 
+/// Accepts connections and spawns a task for each. With `capacity`, each connection
+/// is counted against the connection limit, and at the limit (plus the refusal lane)
+/// the loop stops accepting until one closes (`crate::capacity`).
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
     opts: ConnOptions,
     tls: Option<TlsAcceptor>,
+    capacity: Option<Arc<Metrics>>,
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
     loop {
+        if let Some(m) = &capacity {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = m.capacity.room() => {}
+            }
+        }
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {
             Ok((stream, peer)) => {
+                let counted = capacity.as_ref().map(ClientConnection::open);
                 tasks.spawn(serve_connection(
                     stream,
                     peer,
@@ -545,6 +601,7 @@ async fn accept_loop(
                     opts.clone(),
                     tls.clone(),
                     stop.clone(),
+                    counted,
                 ));
             }
             Err(e) => {
@@ -566,6 +623,8 @@ async fn serve_connection(
     opts: ConnOptions,
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
+    // In the connection count until this task ends.
+    _counted: Option<ClientConnection>,
 ) {
     // On Linux the socket inherited TCP_NODELAY from its listener (`bind_listener`).
     #[cfg(not(target_os = "linux"))]
@@ -836,6 +895,7 @@ mod tests {
             opts,
             None,
             CancellationToken::new(),
+            None,
         );
         // 2,232 B in a debug build (the fast path's head, request and router future);
         // with TLS or hyper's HTTP/1 state inline it was over 7 KiB.

@@ -87,3 +87,34 @@ async fn bad_request_lines_and_unknown_paths_are_answered_before_any_count() {
     let _ws = connect(&ws_url(&g, "/app/room")).await;
     assert_eq!(g.metrics.handshakes(Outcome::Ok), 1);
 }
+
+/// A connection cap's refusal is counted as `too_many_connections` whatever its status
+/// (429 per IP, 503 for the route), not as the rate limit or missing backend its
+/// status alone would suggest.
+#[tokio::test]
+async fn connection_cap_refusals_are_counted_as_too_many_connections() {
+    let b = Backend::start(BackendOpts::named("a")).await;
+    let g = gate(&one_route(
+        &[&b.url],
+        "[route.rate_limit]\nmax_connections_per_ip = 1\n",
+    ))
+    .await;
+    let _held = connect(&ws_url(&g, "/ws")).await;
+    assert_eq!(refused_status(&ws_url(&g, "/ws"), &[]).await, 429);
+    assert_eq!(g.metrics.handshakes(Outcome::TooManyConnections), 1);
+    assert_eq!(g.metrics.handshakes(Outcome::RateLimited), 0);
+    assert_eq!(
+        rejections(&g),
+        [("/ws".to_string(), 429, "too_many_connections")]
+    );
+
+    let g = gate(&one_route(
+        &[&b.url],
+        "[route.rate_limit]\nmax_connections = 1\n",
+    ))
+    .await;
+    let _held = connect(&ws_url(&g, "/ws")).await;
+    assert_eq!(refused_status(&ws_url(&g, "/ws"), &[]).await, 503);
+    assert_eq!(g.metrics.handshakes(Outcome::TooManyConnections), 1);
+    assert_eq!(g.metrics.handshakes(Outcome::NoBackend), 0);
+}

@@ -13,6 +13,7 @@ use http::StatusCode;
 
 use super::{layer::RouteCounter, Counted};
 use crate::metrics::Outcome;
+use wsgate_layers::ratelimit::LimitRejection;
 
 pin_project_lite::pin_project! {
     /// Polls the inner service, then counts an answer the handler did not mark
@@ -46,7 +47,10 @@ where
         let resp = ready!(this.inner.poll(cx))?;
         if resp.extensions().get::<Counted>().is_none() {
             let status = resp.status();
-            let outcome = refusal_outcome(status);
+            let outcome = resp
+                .extensions()
+                .get::<LimitRejection>()
+                .map_or_else(|| refusal_outcome(status), limit_outcome);
             let metrics = &this.counter.metrics;
             metrics.handshake(outcome, this.started.elapsed());
             metrics.rejected(&this.counter.route, status.as_u16(), outcome);
@@ -55,7 +59,19 @@ where
     }
 }
 
-/// The outcome a layer's refusal stands for, by its status.
+/// The outcome of a rate-limit layer's refusal, which says what it is: a connection
+/// cap's 429 is not a rate limit's, nor an overload's 503 a missing backend's.
+fn limit_outcome(why: &LimitRejection) -> Outcome {
+    match why {
+        LimitRejection::RateLimited { .. } => Outcome::RateLimited,
+        LimitRejection::Denied => Outcome::Forbidden,
+        LimitRejection::TooManyConnections(_) => Outcome::TooManyConnections,
+        LimitRejection::Overloaded | LimitRejection::StoreUnavailable => Outcome::Overloaded,
+        _ => refusal_outcome(why.status()),
+    }
+}
+
+/// The outcome any other layer's refusal stands for, by its status.
 fn refusal_outcome(status: StatusCode) -> Outcome {
     match status {
         StatusCode::UNAUTHORIZED => Outcome::AuthFailed,

@@ -36,7 +36,21 @@ pub enum ConnectionScope {
 ///
 /// Each variant becomes a plain-text response with the right status; the 429s carry
 /// `Retry-After`, and the handshake-rate refusal also the draft `RateLimit-Policy` and
-/// `RateLimit` headers.
+/// `RateLimit` headers. The response also carries the rejection itself as an extension,
+/// so an outer layer (a metrics counter, a logger) can tell a connection cap's 429 from
+/// a rate limit's, or an overload's 503 from a missing backend's:
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use wsgate_layers::ratelimit::{ConnectionScope, LimitRejection};
+///
+/// let resp = LimitRejection::TooManyConnections(ConnectionScope::PerIp).into_response();
+/// assert_eq!(resp.status(), 429);
+/// assert_eq!(
+///     resp.extensions().get::<LimitRejection>(),
+///     Some(&LimitRejection::TooManyConnections(ConnectionScope::PerIp))
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LimitRejection {
@@ -135,6 +149,7 @@ impl IntoResponse for LimitRejection {
             }
             Self::Denied | Self::NoClientAddress => {}
         }
+        r.extensions_mut().insert(self);
         r
     }
 }
