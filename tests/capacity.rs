@@ -253,3 +253,40 @@ async fn max_connections_zero_is_a_config_error_naming_the_key() {
     let err = wsgate::config::Config::parse(&text, "t.toml").unwrap_err();
     assert!(err.to_string().contains("server.max_connections"), "{err}");
 }
+
+/// A configured limit that needs more descriptors than the process may open is
+/// started with (the operator may raise the limit later), but named in a warning.
+#[test]
+fn a_limit_beyond_the_open_file_limit_is_named_in_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wsgate.toml");
+    let toml = with_limit(one_route(&["ws://127.0.0.1:1"], ""), 1000)
+        .replace("{LISTEN}", "127.0.0.1:0")
+        .replace("admin = \"127.0.0.1:0\"\n", "");
+    std::fs::write(&path, toml).unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("--config")
+        .arg(&path)
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut warned = None;
+    for line in err.lines().map_while(Result::ok) {
+        if line.contains("proxying WebSockets") {
+            break;
+        }
+        if line.contains("server.max_connections needs more descriptors") {
+            warned = Some(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = warned.expect("no warning naming server.max_connections");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("open_file_limit=256"), "{line}");
+}
