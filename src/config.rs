@@ -83,13 +83,7 @@ impl<'de> Deserialize<'de> for OneOrMany<SocketAddr> {
             One(String),
             Many(Vec<String>),
         }
-        let parse = |s: &str| {
-            s.trim().parse::<SocketAddr>().map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "`{s}` is not an address; write e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""
-                ))
-            })
-        };
+        let parse = |s: &str| parse_addr(s).map_err(serde::de::Error::custom);
         match Raw::deserialize(d)
             .map_err(|_| serde::de::Error::custom("expected an address string or a list of them"))?
         {
@@ -99,6 +93,37 @@ impl<'de> Deserialize<'de> for OneOrMany<SocketAddr> {
             )),
         }
     }
+}
+
+/// A socket address, with a hint on what to write when it is not one.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse::<SocketAddr>().map_err(|_| {
+        format!("`{s}` is not an address; write e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"")
+    })
+}
+
+/// `server.admin`: one address, parsed like `listen`.
+fn admin_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_addr(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// A list of networks: `"10.0.0.0/8"`, or a bare address (`"10.1.2.3"`, `"::1"`) for
+/// that one host, as nginx's `set_real_ip_from` and most allow-lists take it.
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            let t = s.trim();
+            t.parse::<IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{s}` is not a network; write e.g. \"10.0.0.0/8\" or \"192.0.2.7\""
+                    ))
+                })
+        })
+        .collect()
 }
 
 impl<T: Clone> OneOrMany<T> {
@@ -119,9 +144,10 @@ pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: OneOrMany<SocketAddr>,
     /// Admin listener: `/metrics`, `/healthz`, `/readyz`, status page.
+    #[serde(default, deserialize_with = "admin_addr")]
     pub admin: Option<SocketAddr>,
     /// Peers whose forwarding headers are believed.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "networks")]
     pub trusted_proxies: Vec<IpNet>,
     /// Expect the PROXY protocol (v1 or v2) on the client listeners.
     #[serde(default)]
@@ -552,10 +578,10 @@ pub struct RateLimitConfig {
     /// IPv6 clients are keyed by this prefix length.
     pub ipv6_prefix: Option<u8>,
     /// Never limited.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "networks")]
     pub allow: Vec<IpNet>,
     /// Always refused (403).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "networks")]
     pub deny: Vec<IpNet>,
     /// Shared limits across instances.
     pub redis: Option<String>,
@@ -586,14 +612,51 @@ pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            N(i64),
+            F(f64),
+        }
+        let s = match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a duration string such as \"30s\""))?
+        {
+            Raw::S(s) => s,
+            // A bare number has no unit: seconds? milliseconds? Say what to write.
+            Raw::N(n) => {
+                return Err(serde::de::Error::custom(format!(
+                    "`{n}` has no unit; write e.g. \"{n}s\" or \"{n}ms\""
+                )))
+            }
+            Raw::F(f) => {
+                return Err(serde::de::Error::custom(format!(
+                    "`{f}` has no unit; write e.g. \"{f}s\""
+                )))
+            }
+        };
+        HumanDuration::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl HumanDuration {
+    /// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h30m"`, `"2 days"`: humantime's units up to
+    /// weeks. Months and years are refused: their length varies, no timeout is that
+    /// long, and `"5M"` (months) is one shift key away from `"5m"` (minutes).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let hint = "write e.g. \"250ms\", \"30s\", \"5m\", \"1h\"";
+        let t = s.trim();
+        let calendar = t
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .any(|unit| matches!(unit, "M" | "month" | "months" | "y" | "year" | "years"));
+        if calendar {
+            return Err(format!(
+                "`{s}`: months and years are not duration units here; {hint}"
+            ));
+        }
+        humantime::parse_duration(t)
             .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "`{s}` is not a duration ({e}); write e.g. \"250ms\", \"30s\", \"5m\""
-                ))
-            })
+            .map_err(|e| format!("`{s}` is not a duration ({e}); {hint}"))
     }
 }
 
@@ -627,16 +690,22 @@ impl<'de> Deserialize<'de> for ByteSize {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
-            N(u64),
+            N(i64),
+            F(f64),
             S(String),
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => ByteSize::parse(&s).ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "`{s}` is not a size; write e.g. \"64KiB\", \"16MiB\""
-                ))
-            }),
+        let hint = "write e.g. \"64KiB\", \"16MiB\" or a number of bytes";
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom(format!("expected a size; {hint}")))?
+        {
+            Raw::N(n) => u64::try_from(n)
+                .map(ByteSize)
+                .map_err(|_| serde::de::Error::custom(format!("`{n}`: a size cannot be negative"))),
+            Raw::F(f) => Err(serde::de::Error::custom(format!(
+                "`{f}`: a size is a whole number of bytes; {hint}"
+            ))),
+            Raw::S(s) => ByteSize::parse(&s)
+                .ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not a size; {hint}"))),
         }
     }
 }
@@ -661,8 +730,14 @@ impl RoutePath {
         if !p.starts_with('/') {
             return Err(format!("`{p}` must start with /"));
         }
-        if p.contains(['?', '#', ' ']) || p.contains("/../") || p.contains("/./") {
-            return Err(format!("`{p}` is not a plain path"));
+        if let Some(c) = p.chars().find(|&c| !is_path_char(c)) {
+            return Err(format!(
+                "`{p}`: `{c}` cannot appear in a route path (a path only: no query or \
+                 fragment; percent-encode other characters, e.g. %20)"
+            ));
+        }
+        if p.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(format!("`{p}` is not a plain path (no . or .. segments)"));
         }
         match p.strip_suffix("/*") {
             Some(prefix) if !prefix.contains('*') => Ok(Self::Prefix(prefix.to_string())),
@@ -672,6 +747,21 @@ impl RoutePath {
             _ => Ok(Self::Exact(p.to_string())),
         }
     }
+
+    /// The paths the router registers for it: a prefix serves its base path too.
+    fn served(&self) -> Vec<String> {
+        match self {
+            Self::Exact(p) => vec![p.clone()],
+            Self::Prefix(p) if p.is_empty() => vec!["/".into(), "/*".into()],
+            Self::Prefix(p) => vec![p.clone(), format!("{p}/*")],
+        }
+    }
+}
+
+/// A character a route path may hold as it is: RFC 3986's `pchar` and `/`
+/// (`%` for percent-encoded ones; `*` only in a trailing `/*`, checked after).
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/%".contains(c)
 }
 
 impl Config {
@@ -683,21 +773,63 @@ impl Config {
             key: "(file)".into(),
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(&text, &file)
+        let mut cfg = Self::parse_only(&text, &file)?;
+        // Files named in the configuration are found next to it, wherever wsgate was
+        // started from (a service's working directory is rarely the config's).
+        if let Some(dir) = path.parent() {
+            cfg.resolve_paths(dir);
+        }
+        cfg.validate(&file)?;
+        Ok(cfg)
     }
 
-    /// Parses and validates TOML text; `origin` names it in errors.
+    /// Parses and validates TOML text; `origin` names it in errors. Relative file paths
+    /// in it stay relative to the working directory.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
+        let cfg = Self::parse_only(text, origin)?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    fn parse_only(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError {
             file: origin.to_string(),
             key: e
                 .span()
                 .map(|s| key_at(text, s.start))
                 .unwrap_or_else(|| "(syntax)".into()),
-            message: e.message().to_string(),
-        })?;
-        cfg.validate(origin)?;
-        Ok(cfg)
+            message: plain_numbers(e.message()),
+        })
+    }
+
+    /// Joins every relative file path in the configuration onto `dir`.
+    fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        if let Some(t) = &mut self.server.tls {
+            fix(&mut t.cert);
+            fix(&mut t.key);
+            for s in &mut t.sni {
+                fix(&mut s.cert);
+                fix(&mut s.key);
+            }
+        }
+        for u in &mut self.upstream {
+            let sticky = u.sticky.as_mut().and_then(|s| s.secret_file.as_mut());
+            let files = [&mut u.ca_file, &mut u.client_cert, &mut u.client_key];
+            files.into_iter().flatten().chain(sticky).for_each(fix);
+        }
+        for j in self.route.iter_mut().filter_map(|r| r.jwt.as_mut()) {
+            let files = [&mut j.jwks_file, &mut j.secret_file, &mut j.jwks_ca_file];
+            files
+                .into_iter()
+                .flatten()
+                .chain(j.public_keys.iter_mut())
+                .for_each(fix);
+        }
     }
 
     /// A one-route configuration for `wsgate --listen … --backend …`.
@@ -749,7 +881,10 @@ impl Config {
             }],
             relay: RelayConfig::default(),
         };
-        cfg.validate("<command line>")?;
+        cfg.validate("<command line>").map_err(|mut e| {
+            e.key = quick_flag(&e.key);
+            e
+        })?;
         Ok(cfg)
     }
 
@@ -802,9 +937,11 @@ impl Config {
                 "needs server.trusted_proxies: only those peers may send a PROXY header".into(),
             ));
         }
+        check_server(&self.server).map_err(|(key, m)| err(key, m))?;
         let mut names = HashSet::new();
         for (i, u) in self.upstream.iter().enumerate() {
             let k = |s: &str| format!("upstream[{i}].{s}");
+            check_upstream(u).map_err(|(key, m)| err(k(&key), m))?;
             if u.name.is_empty() {
                 return Err(err(k("name"), "must not be empty".into()));
             }
@@ -866,21 +1003,29 @@ impl Config {
                 return Err(err(k("connect_timeout"), "must be more than 0".into()));
             }
         }
-        let mut paths: BTreeMap<String, usize> = BTreeMap::new();
+        let mut served: BTreeMap<String, usize> = BTreeMap::new();
         for (i, r) in self.route.iter().enumerate() {
             let k = |s: &str| format!("route[{i}].{s}");
-            RoutePath::parse(&r.path).map_err(|m| err(k("path"), m))?;
-            if let Some(prev) = paths.insert(r.path.clone(), i) {
-                return Err(err(
-                    k("path"),
-                    format!("`{}` is also route[{prev}]'s path", r.path),
-                ));
+            let path = RoutePath::parse(&r.path).map_err(|m| err(k("path"), m))?;
+            for p in path.served() {
+                if let Some(prev) = served.insert(p.clone(), i) {
+                    return Err(err(
+                        k("path"),
+                        format!(
+                            "`{}` serves `{p}`, which route[{prev}] (`{}`) serves already",
+                            r.path, self.route[prev].path
+                        ),
+                    ));
+                }
             }
             if !names.contains(r.upstream.as_str()) {
                 return Err(err(
                     k("upstream"),
                     format!("no [[upstream]] is named `{}`", r.upstream),
                 ));
+            }
+            if let Some(u) = self.upstream.iter().find(|u| u.name == r.upstream) {
+                check_route(r, u).map_err(|(key, m)| err(k(&key), m))?;
             }
             if r.max_message.0 == 0 {
                 return Err(err(k("max_message"), "must be more than 0".into()));
@@ -899,7 +1044,7 @@ impl Config {
                 crate::layers::jwt_builder(j, r.origins.is_some())
                     .map_err(|(key, m)| err(k(&format!("jwt.{key}")), m))?
                     .validate()
-                    .map_err(|e| err(k("jwt"), e.to_string()))?;
+                    .map_err(|e| err(k("jwt"), jwt_message(&e)))?;
             }
             if let Some(l) = &r.rate_limit {
                 crate::layers::check_rate_limit(l)
@@ -918,26 +1063,227 @@ impl Config {
     }
 }
 
-/// The dotted key whose line holds byte `offset` of `text`, best effort: the section
-/// header above it plus the key on that line.
+/// serde's "expected u32" said for people: the range of whole numbers the key takes.
+fn plain_numbers(message: &str) -> String {
+    let mut m = message.to_string();
+    for (ty, max) in [
+        ("u8", u64::from(u8::MAX)),
+        ("u16", u64::from(u16::MAX)),
+        ("u32", u64::from(u32::MAX)),
+        ("usize", u64::MAX),
+        ("u64", u64::MAX),
+    ] {
+        if let Some(head) = m.strip_suffix(&format!("expected {ty}")) {
+            m = format!("{head}expected a whole number from 0 to {max}");
+            break;
+        }
+    }
+    m
+}
+
+/// The command-line flag behind a key of the quick-mode configuration.
+fn quick_flag(key: &str) -> String {
+    if let Some(rest) = key.strip_prefix("upstream[0].backends") {
+        // `[1]` → the 2nd --backend
+        let n = rest
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<usize>()
+            .map_or(String::new(), |i| format!(" (#{})", i + 1));
+        return format!("--backend{n}");
+    }
+    match key {
+        k if k.starts_with("route[0].path") => "--path".into(),
+        k if k.starts_with("server.listen") => "--listen".into(),
+        k => k.into(),
+    }
+}
+
+/// A problem with a key: (key, message).
+type KeyError = (String, String);
+
+/// `[server]` checks beyond the field types.
+fn check_server(s: &ServerConfig) -> Result<(), KeyError> {
+    let e = |k: &str, m: &str| Err((format!("server.{k}"), m.to_string()));
+    let listen = s.listen.to_vec();
+    for (i, a) in listen.iter().enumerate() {
+        // Port 0 asks the OS for a free port: never a clash.
+        if a.port() != 0 && listen[..i].contains(a) {
+            return e("listen", &format!("`{a}` is listed twice"));
+        }
+    }
+    if let Some(a) = s.admin.filter(|a| a.port() != 0 && listen.contains(a)) {
+        return e(
+            "admin",
+            &format!("`{a}` is also a client listener (server.listen)"),
+        );
+    }
+    if s.handshake_timeout.0.is_zero() {
+        return e("handshake_timeout", "must be more than 0");
+    }
+    if s.close_timeout.0.is_zero() {
+        return e("close_timeout", "must be more than 0");
+    }
+    if let Some(t) = &s.tls {
+        // The certificate files are polled at this interval.
+        if t.reload_interval.0 < Duration::from_millis(10) {
+            return e("tls.reload_interval", "must be at least 10ms");
+        }
+    }
+    Ok(())
+}
+
+/// `[[upstream]]` checks beyond the field types (key relative to the upstream).
+fn check_upstream(u: &UpstreamConfig) -> Result<(), KeyError> {
+    let e = |k: &str, m: String| Err((k.to_string(), m));
+    if u.weights.is_some()
+        && u.sticky.is_none()
+        && !matches!(
+            u.policy.as_str(),
+            "round_robin" | "weighted_round_robin" | "consistent_hash"
+        )
+    {
+        return e(
+            "weights",
+            format!(
+                "policy `{}` ignores weights; use round_robin, weighted_round_robin, \
+                 consistent_hash or sticky keys, or remove weights",
+                u.policy
+            ),
+        );
+    }
+    if u.handshake_timeout.0.is_zero() {
+        return e("handshake_timeout", "must be more than 0".into());
+    }
+    if u.eject_backoff_max.0 < u.eject_backoff.0 {
+        return e("eject_backoff_max", "must be at least eject_backoff".into());
+    }
+    if u.pool.as_ref().is_some_and(|p| p.idle_timeout.0.is_zero()) {
+        return e("pool.idle_timeout", "must be more than 0".into());
+    }
+    Ok(())
+}
+
+/// `[[route]]` checks that need its upstream `u` (key relative to the route).
+fn check_route(r: &RouteConfig, u: &UpstreamConfig) -> Result<(), KeyError> {
+    for (k, d) in [
+        ("idle_timeout", r.idle_timeout),
+        ("max_lifetime", r.max_lifetime),
+        ("ping_interval", r.ping_interval),
+    ] {
+        if d.is_some_and(|d| d.0.is_zero()) {
+            return Err((
+                k.into(),
+                "must be more than 0 (leave the key out for no limit)".into(),
+            ));
+        }
+    }
+    if let Some(j) = &r.jwt {
+        // Each refresh fetches the JWKS URL: a tiny interval would hammer the provider.
+        if j.jwks_refresh.is_some_and(|d| d.0 < Duration::from_secs(1)) {
+            return Err(("jwt.jwks_refresh".into(), "must be at least 1s".into()));
+        }
+        return Ok(());
+    }
+    // Without [route.jwt] there are no verified claims: these would silently do nothing.
+    let by = u.sticky.as_ref().map(|s| s.by.as_str()).unwrap_or("");
+    if by.starts_with("claim:") {
+        return Err((
+            "jwt".into(),
+            format!(
+                "missing: upstream `{}` is sticky by `{by}`, a verified JWT claim, \
+                 so its routes need [route.jwt]",
+                u.name
+            ),
+        ));
+    }
+    if r.rate_limit
+        .as_ref()
+        .is_some_and(|l| l.max_connections_per_subject.is_some())
+    {
+        return Err((
+            "rate_limit.max_connections_per_subject".into(),
+            "counts verified JWT subjects: the route needs [route.jwt]".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A JWT layer error without the layer's own `jwt: ` prefix (the key already says it).
+fn jwt_message(e: &impl fmt::Display) -> String {
+    let m = e.to_string();
+    m.strip_prefix("jwt: ").map(str::to_string).unwrap_or(m)
+}
+
+/// The key at byte `offset` of `text`, spelled as the validation errors spell it
+/// (`upstream[1].policy`, `route[0].jwt.issuer`), with its line number. Best effort from
+/// the text: the table header above it (arrays of tables indexed, a comment after the
+/// header ignored) plus the key of the line, or of the line that opened a value spread
+/// over several lines.
 fn key_at(text: &str, offset: usize) -> String {
-    let before = &text[..offset.min(text.len())];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line_no = before.matches('\n').count() + 1;
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let key = line.split('=').next().unwrap_or("").trim();
-    let section = before[..line_start].lines().rev().find_map(|l| {
-        let l = l.trim();
-        l.starts_with('[')
-            .then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
-    });
-    let mut out = match (section, key.starts_with('[')) {
-        (_, true) => key.trim_matches(|c| c == '[' || c == ']').to_string(),
-        (Some(s), false) if !key.is_empty() => format!("{s}.{key}"),
-        (None, false) if !key.is_empty() => key.to_string(),
-        (s, _) => s.unwrap_or_default(),
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let mut table = String::new();
+    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+    let mut key = String::new();
+    for (i, line) in text.lines().take(line_no).enumerate() {
+        let line = line.trim();
+        if let Some(name) = table_header(line) {
+            if line.starts_with("[[") {
+                arrays
+                    .entry(name.clone())
+                    .and_modify(|n| *n += 1)
+                    .or_insert(0);
+            }
+            table = indexed(&name, &arrays);
+            key.clear();
+            if i + 1 == line_no {
+                return format!("{table} (line {line_no})");
+            }
+        } else if let Some((k, _)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
+            key = k.trim().trim_matches('"').to_string();
+        }
+    }
+    let out = match (table.is_empty(), key.is_empty()) {
+        (true, true) => "(top level)".to_string(),
+        (true, false) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
     };
-    out.push_str(&format!(" (line {line_no})"));
+    format!("{out} (line {line_no})")
+}
+
+/// `Some("route.jwt")` for a `[route.jwt]` or `[[route]]`-style header line (a comment
+/// after it allowed).
+fn table_header(line: &str) -> Option<String> {
+    let inner = line.strip_prefix('[')?;
+    let inner = inner.strip_prefix('[').unwrap_or(inner);
+    let end = inner.find(']')?;
+    let name: String = inner[..end]
+        .split('.')
+        .map(|p| p.trim().trim_matches('"'))
+        .collect::<Vec<_>>()
+        .join(".");
+    Some(name)
+}
+
+/// `route.jwt` with the current element of each array of tables: `route[1].jwt`.
+fn indexed(name: &str, arrays: &BTreeMap<String, usize>) -> String {
+    let mut out = String::new();
+    let mut prefix = String::new();
+    for part in name.split('.') {
+        if !prefix.is_empty() {
+            prefix.push('.');
+            out.push('.');
+        }
+        prefix.push_str(part);
+        out.push_str(part);
+        if let Some(i) = arrays.get(&prefix) {
+            out.push_str(&format!("[{i}]"));
+        }
+    }
     out
 }
 
@@ -1017,5 +1363,305 @@ idle_timeout = "5m"
         );
         assert!(RoutePath::parse("chat").is_err());
         assert!(RoutePath::parse("/a/*/b").is_err());
+    }
+
+    fn err_of(text: &str) -> ConfigError {
+        Config::parse(text, "t.toml").unwrap_err()
+    }
+
+    #[test]
+    fn durations_take_units_up_to_weeks_but_not_months_or_years() {
+        let d = |s: &str| HumanDuration::parse(s).map(|d| d.0);
+        assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(d("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(d("5 minutes"), Ok(Duration::from_secs(300)));
+        assert_eq!(d("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(d("2 days"), Ok(Duration::from_secs(2 * 86400)));
+        for bad in [
+            "5M",
+            "1y",
+            "2 months",
+            "1 year",
+            "5",
+            "-5s",
+            "5 lightyears",
+            "",
+        ] {
+            assert!(d(bad).is_err(), "{bad} accepted");
+        }
+        let e = err_of(&GOOD.replace("\"5m\"", "300"));
+        assert!(
+            e.message.contains("no unit") && e.message.contains("\"300s\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sizes_refuse_negative_and_fractional_numbers_and_read_mb_as_decimal() {
+        let e = err_of(&GOOD.replace("\"1MiB\"", "-1"));
+        assert!(e.message.contains("negative"), "{e}");
+        let e = err_of(&GOOD.replace("\"1MiB\"", "1.5"));
+        assert!(e.message.contains("whole number"), "{e}");
+        assert_eq!(ByteSize::parse("16MB"), Some(ByteSize(16_000_000)));
+        assert_eq!(ByteSize::parse("16mb"), None);
+        assert_eq!(ByteSize::parse("16M"), None);
+    }
+
+    #[test]
+    fn keys_under_commented_headers_and_arrays_of_tables_are_indexed() {
+        let text = format!(
+            "{GOOD}\n[[upstream]]   # a second one\nname = \"two\"\nbackends = [\n  \"ws://127.0.0.1:9003\",\n]\npolcy = \"p2c\"\n"
+        );
+        let e = err_of(&text);
+        assert!(e.key.starts_with("upstream[1].polcy (line "), "{e}");
+        let text =
+            format!("{GOOD}\n[route.jwt]   # comment [x]\nsecret_env = \"X\"\nisuer = \"i\"\n");
+        let e = err_of(&text);
+        assert!(e.key.starts_with("route[0].jwt.isuer (line "), "{e}");
+        let text = GOOD.replace(
+            "\"ws://127.0.0.1:9001\", ",
+            "\n  \"ws://127.0.0.1:9001\",\n  7, ",
+        );
+        let e = err_of(&text);
+        assert!(e.key.starts_with("upstream[0].backends (line "), "{e}");
+        let e = err_of(&GOOD.replace(
+            "max_message = \"1MiB\"",
+            "max_message = 4294967296000000000000",
+        ));
+        assert!(e.message.len() < 200, "{e}");
+        let e = err_of(&GOOD.replace("[server]", "[server]\nmax_headers = -3"));
+        assert!(e.message.contains("whole number from 0"), "{e}");
+    }
+
+    #[test]
+    fn routes_serving_the_same_path_or_odd_characters_are_refused() {
+        let two = |a: &str, b: &str| {
+            format!("{GOOD}\n[[route]]\npath = \"{b}\"\nupstream = \"echo\"\n").replacen(
+                "path = \"/ws\"",
+                &format!("path = \"{a}\""),
+                1,
+            )
+        };
+        for (a, b) in [
+            ("/ws", "/ws/*"),
+            ("/", "/*"),
+            ("/chat/*", "/chat"),
+            ("/x", "/x"),
+        ] {
+            let e = err_of(&two(a, b));
+            assert_eq!(e.key, "route[1].path", "{a} + {b}: {e}");
+        }
+        for (a, b) in [
+            ("/ws/", "/ws/*"),
+            ("/a/*", "/a/b/*"),
+            ("/*", "/x/*"),
+            ("/:id", "/x"),
+        ] {
+            Config::parse(&two(a, b), "t.toml").unwrap_or_else(|e| panic!("{a} + {b}: {e}"));
+        }
+        for bad in [
+            "/{id}", "/a b", "/ü", "/a?b", "/a#b", "/a/../b", "/.", "/a/*/b",
+        ] {
+            let e = err_of(&GOOD.replace("path = \"/ws\"", &format!("path = \"{bad}\"")));
+            assert_eq!(e.key, "route[0].path", "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn zero_where_zero_means_nothing_is_refused() {
+        for (from, to, key) in [
+            (
+                "idle_timeout = \"5m\"",
+                "idle_timeout = \"0s\"",
+                "route[0].idle_timeout",
+            ),
+            (
+                "idle_timeout = \"5m\"",
+                "ping_interval = \"0s\"",
+                "route[0].ping_interval",
+            ),
+            (
+                "idle_timeout = \"5m\"",
+                "max_lifetime = \"0ms\"",
+                "route[0].max_lifetime",
+            ),
+            (
+                "[server]",
+                "[server]\nhandshake_timeout = \"0s\"",
+                "server.handshake_timeout",
+            ),
+            (
+                "[server]",
+                "[server]\nclose_timeout = \"0s\"",
+                "server.close_timeout",
+            ),
+            (
+                "policy = \"round_robin\"",
+                "handshake_timeout = \"0s\"",
+                "upstream[0].handshake_timeout",
+            ),
+            (
+                "policy = \"round_robin\"",
+                "eject_backoff_max = \"0s\"",
+                "upstream[0].eject_backoff_max",
+            ),
+            (
+                "policy = \"round_robin\"",
+                "pool = { min_idle = 1, idle_timeout = \"0s\" }",
+                "upstream[0].pool.idle_timeout",
+            ),
+        ] {
+            let e = err_of(&GOOD.replace(from, to));
+            assert_eq!(e.key, key, "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn listeners_must_not_clash() {
+        let e = err_of(&GOOD.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\nadmin = \"127.0.0.1:8080\"",
+        ));
+        assert_eq!(e.key, "server.admin", "{e}");
+        let e = err_of(&GOOD.replace(
+            "\"127.0.0.1:8080\"",
+            "[\"127.0.0.1:8080\", \"127.0.0.1:8080\"]",
+        ));
+        assert_eq!(e.key, "server.listen", "{e}");
+        let e = err_of(&GOOD.replace("listen = \"127.0.0.1:8080\"", "admin = \"9090\""));
+        assert!(
+            e.message.contains("\"127.0.0.1:8080\""),
+            "says what to write: {e}"
+        );
+        // Port 0 (any free port) twice is no clash.
+        Config::parse(
+            &GOOD.replace(
+                "\"127.0.0.1:8080\"",
+                "\"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
+            ),
+            "t.toml",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn weights_need_a_policy_that_uses_them() {
+        let with = |policy: &str| {
+            GOOD.replace(
+                "policy = \"round_robin\"",
+                &format!("policy = \"{policy}\"\nweights = [3, 1]"),
+            )
+        };
+        for ok in ["round_robin", "weighted_round_robin", "consistent_hash"] {
+            Config::parse(&with(ok), "t.toml").unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for ignored in ["least_connections", "p2c", "random"] {
+            assert_eq!(
+                err_of(&with(ignored)).key,
+                "upstream[0].weights",
+                "{ignored}"
+            );
+        }
+        let sticky = with("random").replace(
+            "weights = [3, 1]",
+            "weights = [3, 1]\nsticky = { by = \"ip\" }",
+        );
+        Config::parse(&sticky, "t.toml").unwrap();
+    }
+
+    #[test]
+    fn claim_keys_and_subject_caps_need_jwt_on_the_route() {
+        let e = err_of(&GOOD.replace(
+            "policy = \"round_robin\"",
+            "sticky = { by = \"claim:sub\" }",
+        ));
+        assert_eq!(e.key, "route[0].jwt", "{e}");
+        let e = err_of(&format!(
+            "{GOOD}\n[route.rate_limit]\nmax_connections_per_subject = 3\n"
+        ));
+        assert_eq!(
+            e.key, "route[0].rate_limit.max_connections_per_subject",
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn networks_take_bare_addresses_as_one_host() {
+        let c = Config::parse(
+            &GOOD.replace(
+                "[server]",
+                "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\"]",
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let nets: Vec<String> = c
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "::1/128"]);
+        let e = err_of(&GOOD.replace("[server]", "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]"));
+        assert!(e.key.starts_with("server.trusted_proxies"), "{e}");
+    }
+
+    #[test]
+    fn redis_url_is_parsed_at_load() {
+        for bad in [
+            "redis://:::6379",
+            "redis://",
+            "redis://127.0.0.1:99999",
+            "http://x",
+        ] {
+            let e = err_of(&format!(
+                "{GOOD}\n[route.rate_limit]\nmax_connections = 5\nredis = \"{bad}\"\n"
+            ));
+            assert_eq!(e.key, "route[0].rate_limit.redis", "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn jwt_errors_do_not_repeat_the_section() {
+        let e = err_of(&format!("{GOOD}\n[route.jwt]\nissuer = \"i\"\n"));
+        assert_eq!(e.key, "route[0].jwt");
+        assert!(e.message.starts_with("no key configured"), "{e}");
+    }
+
+    #[test]
+    fn relative_file_paths_are_found_next_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.replace(
+            "[server]",
+            "[server]\ntls = { cert = \"c.pem\", key = \"/abs/k.pem\" }",
+        );
+        let file = dir.path().join("wsgate.toml");
+        std::fs::write(
+            &file,
+            format!("{text}\n[route.jwt]\nsecret_file = \"s\"\npublic_keys = [\"p.pem\"]\n"),
+        )
+        .unwrap();
+        let c = Config::load(&file).unwrap();
+        let tls = c.server.tls.unwrap();
+        assert_eq!(tls.cert, dir.path().join("c.pem"));
+        assert_eq!(tls.key, PathBuf::from("/abs/k.pem"));
+        let jwt = c.route[0].jwt.as_ref().unwrap();
+        assert_eq!(
+            jwt.secret_file.as_deref(),
+            Some(dir.path().join("s").as_path())
+        );
+        assert_eq!(jwt.public_keys, [dir.path().join("p.pem")]);
+    }
+
+    #[test]
+    fn quick_mode_errors_name_the_flag() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let e = Config::quick(vec![addr], vec!["ws://a:1".into(), "tcp://b".into()], "/ws")
+            .unwrap_err();
+        assert_eq!(e.key, "--backend (#2)");
+        let e = Config::quick(vec![addr], vec!["ws://a:1".into()], "ws").unwrap_err();
+        assert_eq!(e.key, "--path");
+        let e = Config::quick(vec![addr], vec![], "/ws").unwrap_err();
+        assert_eq!(e.key, "--backend");
     }
 }

@@ -128,6 +128,7 @@ pub(crate) fn check_rate_limit(l: &RateLimitConfig) -> Result<(), SectionError> 
         {
             return Err(("redis".into(), format!("`{url}` is not a redis:// URL")));
         }
+        RedisLimits::check_url(url).map_err(|e| ("redis".to_string(), format!("`{url}`: {e}")))?;
     }
     if let Some(ttl) = l.redis_lease_ttl {
         if l.redis.is_none() {

@@ -10,6 +10,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`config`] | the TOML contract: shape, loading, validation (errors name file and key) |
+//! | [`preflight`] | reading the certificates, keys and secrets a configuration names, before start and for `--check` |
 //! | [`server`] | listeners, TLS termination, per-route layer stacks, graceful shutdown |
 //! | [`proxy`] | the WebSocket route handler: upstream handshake first, then the client's 101 |
 //! | `upgrade` | HTTP/1.1 WebSocket upgrades read, routed and answered without hyper's driver (the rest goes to hyper) |
@@ -43,6 +44,7 @@ pub mod hygiene;
 mod layers;
 mod memory;
 pub mod metrics;
+pub mod preflight;
 pub mod proxy;
 pub mod refusals;
 pub mod relay;

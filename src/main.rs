@@ -45,9 +45,9 @@ struct Cli {
     /// Quick mode: a ws:// or wss:// backend (repeatable); round-robin over them.
     #[arg(long, value_name = "URL")]
     backend: Vec<String>,
-    /// Quick mode: the WebSocket route's path.
-    #[arg(long, default_value = "/ws")]
-    path: String,
+    /// Quick mode: the WebSocket route's path [default: /ws].
+    #[arg(long)]
+    path: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
@@ -193,7 +193,15 @@ fn raise_open_file_limit() {
 
 async fn run_proxy(cli: Cli) -> Result<()> {
     let cfg = match (&cli.config, cli.backend.is_empty()) {
-        (Some(path), true) => Config::load(path)?,
+        (Some(path), true) => {
+            // Quick-mode flags next to a file would be silently ignored.
+            if !cli.listen.is_empty() || cli.path.is_some() {
+                bail!("--listen and --path are quick-mode flags (with --backend); with --config, set server.listen and [[route]] path in the file");
+            }
+            let cfg = Config::load(path)?;
+            wsgate::preflight::check_files(&cfg, &path.display().to_string()).await?;
+            cfg
+        }
         (Some(_), false) => bail!("--config and --backend do not mix: put the backends in the file"),
         (None, false) => {
             let listen = if cli.listen.is_empty() {
@@ -201,7 +209,10 @@ async fn run_proxy(cli: Cli) -> Result<()> {
             } else {
                 cli.listen.clone()
             };
-            Config::quick(listen, cli.backend.clone(), &cli.path)?
+            Config::quick(listen, cli.backend.clone(), cli.path.as_deref().unwrap_or("/ws"))?
+        }
+        (None, true) if !cli.listen.is_empty() || cli.path.is_some() => {
+            bail!("quick mode needs at least one --backend ws://HOST:PORT")
         }
         (None, true) => bail!(
             "nothing to do: give --config FILE, or --backend URL for quick mode, or try `wsgate demo`"

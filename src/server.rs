@@ -309,6 +309,12 @@ async fn build_router(
         };
         let sticky = match &u.sticky {
             Some(s) => {
+                if crate::upstream::supervisor::has_process_secret(s) {
+                    warn!(
+                        upstream = %u.name,
+                        "sticky cookies are signed with a random secret of this process: they hold until a restart and on this instance only; set sticky.secret_env or sticky.secret_file (the same on every instance) to keep them"
+                    );
+                }
                 if let Some(f) = s.bounded_load {
                     up = up.with_bounded_load(f);
                 }
@@ -370,7 +376,9 @@ async fn build_router(
         client_ip: ClientIpLayer::new().trusted_proxies(cfg.server.trusted_proxies.iter().copied()),
         capacity: CapacityLayer::new(shared.metrics.clone()),
     };
-    let mut router = Router::new();
+    // Route paths are literal (config validation allows no `{capture}`); a segment
+    // starting with `:` is a plain path too, which axum 0.8 would refuse with a panic.
+    let mut router = Router::new().without_v07_checks();
     for r in &cfg.route {
         let i = cfg
             .upstream

@@ -378,3 +378,49 @@ async fn a_plain_request_then_an_upgrade_on_one_connection_are_both_served() {
     drop(s);
     assert_no_leak(&g).await;
 }
+
+/// A prefix route serves its base path and everything below it; a longer prefix or an
+/// exact path inside it takes its own paths (README, `[[route]] path`).
+#[tokio::test]
+async fn the_most_specific_route_serves_a_path() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let names = ["chat", "admin", "exact"];
+    let mut bs = Vec::new();
+    for n in names {
+        bs.push(Backend::start(BackendOpts::named(n)).await);
+    }
+    let mut toml = "[server]\nlisten = \"{LISTEN}\"\nshutdown_timeout = \"200ms\"\n".to_string();
+    for (n, b) in names.iter().zip(&bs) {
+        toml.push_str(&format!(
+            "[[upstream]]\nname = \"{n}\"\nbackends = [\"{}\"]\n",
+            b.url
+        ));
+    }
+    for (path, n) in [
+        ("/chat/*", "chat"),
+        ("/chat/admin/*", "admin"),
+        ("/chat/lobby", "exact"),
+    ] {
+        toml.push_str(&format!(
+            "[[route]]\npath = \"{path}\"\nupstream = \"{n}\"\n"
+        ));
+    }
+    let g = gate(&toml).await;
+    for (path, want) in [
+        ("/chat", "chat"),
+        ("/chat/room/1", "chat"),
+        ("/chat/admin", "admin"),
+        ("/chat/admin/x/y", "admin"),
+        ("/chat/lobby", "exact"),
+        ("/chat/lobby/2", "chat"),
+    ] {
+        let mut ws = connect(&ws_url(&g, path)).await;
+        ws.send(Message::text("whoami")).await.unwrap();
+        let who = recv(&mut ws).await.into_text().unwrap().to_string();
+        assert_eq!(who, want, "{path}");
+        ws.close(None).await.unwrap();
+    }
+    assert_eq!(refused_status(&ws_url(&g, "/chatty"), &[]).await, 404);
+    assert_no_leak(&g).await;
+}

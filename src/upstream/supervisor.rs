@@ -53,7 +53,12 @@ pub fn check_sticky(s: &StickyConfig) -> Result<StickyLayer, (String, String)> {
         "cookie" => {
             let secret = match (&s.secret_env, &s.secret_file) {
                 (Some(var), None) => std::env::var(var)
-                    .map_err(|_| e("secret_env", format!("environment variable `{var}` is not set")))?
+                    .map_err(|_| {
+                        e(
+                            "secret_env",
+                            format!("environment variable `{var}` is not set"),
+                        )
+                    })?
                     .into_bytes(),
                 (None, Some(path)) => {
                     let mut b = std::fs::read(path)
@@ -64,14 +69,15 @@ pub fn check_sticky(s: &StickyConfig) -> Result<StickyLayer, (String, String)> {
                     b
                 }
                 (Some(_), Some(_)) => {
-                    return Err(e("secret_env", "give secret_env or secret_file, not both".into()))
-                }
-                (None, None) => {
                     return Err(e(
                         "secret_env",
-                        "a cookie needs a signing secret shared by every instance: set secret_env or secret_file".into(),
+                        "give secret_env or secret_file, not both".into(),
                     ))
                 }
+                // `sticky = { by = "cookie" }` as the contract writes it works: signed
+                // with a secret of this process, so its cookies hold until a restart
+                // and on this instance only (start logs a warning saying so).
+                (None, None) => process_secret().map_err(|m| e("secret_env", m))?,
             };
             if s.cookie_name.is_empty()
                 || !s
@@ -104,6 +110,24 @@ pub fn check_sticky(s: &StickyConfig) -> Result<StickyLayer, (String, String)> {
             )),
         },
     }
+}
+
+/// A random cookie-signing secret for this process: 32 bytes from aws-lc's CSPRNG (the
+/// one rustls draws its keys from).
+fn process_secret() -> Result<Vec<u8>, String> {
+    let mut secret = vec![0u8; 32];
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut secret)
+        .map_err(|_| {
+            "cannot draw a random cookie secret; set secret_env or secret_file".to_string()
+        })?;
+    Ok(secret)
+}
+
+/// `true` when `sticky` signs cookies with a per-process secret (none configured).
+pub fn has_process_secret(s: &StickyConfig) -> bool {
+    s.by == "cookie" && s.secret_env.is_none() && s.secret_file.is_none()
 }
 
 /// The fail-over memory `sticky` asks for (`return_on_recovery = false`), or `None`

@@ -315,6 +315,14 @@ impl fmt::Debug for RedisLimits {
 }
 
 impl RedisLimits {
+    /// Checks that `url` is a Redis URL this build can use, without connecting: what
+    /// [`RedisLimitsBuilder::build`] would refuse, said before anything starts.
+    pub fn check_url(url: &str) -> Result<(), String> {
+        redis::Client::open(url)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// Starts configuring a store at `url` (`redis://host:port/db`).
     pub fn builder(url: impl Into<String>) -> RedisLimitsBuilder {
         RedisLimitsBuilder {

@@ -19,7 +19,7 @@ use super::{
 /// How an [`Upstream`] picks a backend for a new socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
-    /// Each backend in turn.
+    /// Each backend in turn; with weights, the same order as `WeightedRoundRobin`.
     #[default]
     RoundRobin,
     /// In turn, in proportion to the weights, interleaved (nginx's smooth weighted order).
@@ -312,15 +312,13 @@ impl Upstream {
             (Policy::Random, _) | (Policy::ConsistentHash, None) => {
                 in_order(all, rotation(fastrand::usize(..n), n))
             }
-            (Policy::WeightedRoundRobin, _) => {
+            // Plain round robin honours weights too, as nginx's does: with equal weights
+            // the smooth order is 0, 1, …, n-1, the plain rotation.
+            (Policy::WeightedRoundRobin | Policy::RoundRobin, _) => {
                 let k = self.cursor.fetch_add(1, Ordering::Relaxed);
                 let first = set.weighted_order[k % set.weighted_order.len()] as usize;
                 in_order(all, rotation(first, n))
             }
-            (Policy::RoundRobin, _) => in_order(
-                all,
-                rotation(self.cursor.fetch_add(1, Ordering::Relaxed) % n, n),
-            ),
         }
     }
 }
@@ -505,6 +503,32 @@ mod tests {
             .collect();
         assert_eq!(picks.iter().filter(|p| **p == 1).count(), 5);
         assert_ne!(picks[..5], [1, 1, 1, 1, 1], "not smooth: {picks:?}");
+    }
+
+    /// `round_robin` with weights follows them (as nginx's does); without, it is the
+    /// plain rotation.
+    #[test]
+    fn round_robin_honours_weights_and_rotates_without_them() {
+        let weighted = |w: [u32; 3]| {
+            let bs = (0..3)
+                .map(|i| {
+                    Arc::new(Backend::with_weight(
+                        BackendUrl::parse(&format!("ws://h:{}", 1 + i)).unwrap(),
+                        w[i],
+                    ))
+                })
+                .collect();
+            Upstream::from_backends("rr", Policy::RoundRobin, bs).unwrap()
+        };
+        let picks = |up: &Upstream, n: usize| -> Vec<u16> {
+            (0..n)
+                .map(|_| up.candidates(None)[0].url().port())
+                .collect()
+        };
+        let up = weighted([5, 1, 1]);
+        assert_eq!(picks(&up, 7).iter().filter(|p| **p == 1).count(), 5);
+        let up = weighted([1, 1, 1]);
+        assert_eq!(picks(&up, 6), [1, 2, 3, 1, 2, 3]);
     }
 
     #[test]
