@@ -748,12 +748,23 @@ impl RoutePath {
         }
     }
 
-    /// The paths the router registers for it: a prefix serves its base path too.
-    fn served(&self) -> Vec<String> {
+    /// The paths the router registers for it, each with whether it yields to an exact
+    /// route: a prefix serves its base path too, unless an exact route names it (as
+    /// nginx's `location = /ws` wins over `location /ws/`).
+    fn served(&self) -> Vec<(String, bool)> {
         match self {
-            Self::Exact(p) => vec![p.clone()],
-            Self::Prefix(p) if p.is_empty() => vec!["/".into(), "/*".into()],
-            Self::Prefix(p) => vec![p.clone(), format!("{p}/*")],
+            Self::Exact(p) => vec![(p.clone(), false)],
+            Self::Prefix(p) if p.is_empty() => vec![("/".into(), true), ("/*".into(), false)],
+            Self::Prefix(p) => vec![(p.clone(), true), (format!("{p}/*"), false)],
+        }
+    }
+
+    /// The base path a prefix serves when no exact route names it.
+    pub fn base(&self) -> Option<&str> {
+        match self {
+            Self::Exact(_) => None,
+            Self::Prefix(p) if p.is_empty() => Some("/"),
+            Self::Prefix(p) => Some(p),
         }
     }
 }
@@ -1003,12 +1014,20 @@ impl Config {
                 return Err(err(k("connect_timeout"), "must be more than 0".into()));
             }
         }
-        let mut served: BTreeMap<String, usize> = BTreeMap::new();
+        // Path → (route, whether it yields to an exact route).
+        let mut served: BTreeMap<String, (usize, bool)> = BTreeMap::new();
         for (i, r) in self.route.iter().enumerate() {
             let k = |s: &str| format!("route[{i}].{s}");
             let path = RoutePath::parse(&r.path).map_err(|m| err(k("path"), m))?;
-            for p in path.served() {
-                if let Some(prev) = served.insert(p.clone(), i) {
+            for (p, weak) in path.served() {
+                let clash = match served.get(&p) {
+                    Some(&(prev, prev_weak)) if prev_weak == weak => Some(prev),
+                    _ => None,
+                };
+                if served.get(&p).is_none_or(|&(_, prev_weak)| prev_weak) {
+                    served.insert(p.clone(), (i, weak));
+                }
+                if let Some(prev) = clash {
                     return Err(err(
                         k("path"),
                         format!(
@@ -1442,16 +1461,15 @@ idle_timeout = "5m"
                 1,
             )
         };
+        for (a, b) in [("/chat/*", "/chat/*"), ("/x", "/x"), ("/*", "/*")] {
+            let e = err_of(&two(a, b));
+            assert_eq!(e.key, "route[1].path", "{a} + {b}: {e}");
+        }
+        // An exact route takes its path from a prefix's base: `/ws` beside `/ws/*`.
         for (a, b) in [
             ("/ws", "/ws/*"),
             ("/", "/*"),
             ("/chat/*", "/chat"),
-            ("/x", "/x"),
-        ] {
-            let e = err_of(&two(a, b));
-            assert_eq!(e.key, "route[1].path", "{a} + {b}: {e}");
-        }
-        for (a, b) in [
             ("/ws/", "/ws/*"),
             ("/a/*", "/a/b/*"),
             ("/*", "/x/*"),

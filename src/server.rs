@@ -379,6 +379,14 @@ async fn build_router(
     // Route paths are literal (config validation allows no `{capture}`); a segment
     // starting with `:` is a plain path too, which axum 0.8 would refuse with a panic.
     let mut router = Router::new().without_v07_checks();
+    let exact: std::collections::HashSet<String> = cfg
+        .route
+        .iter()
+        .filter_map(|r| match Config::route_path(r) {
+            RoutePath::Exact(p) => Some(p),
+            RoutePath::Prefix(_) => None,
+        })
+        .collect();
     for r in &cfg.route {
         let i = cfg
             .upstream
@@ -430,16 +438,18 @@ async fn build_router(
         .await?;
         router = match Config::route_path(r) {
             RoutePath::Exact(p) => router.route(&p, method_router),
-            RoutePath::Prefix(p) => {
-                let base = if p.is_empty() {
-                    "/".to_string()
-                } else {
-                    p.clone()
+            path @ RoutePath::Prefix(_) => {
+                let RoutePath::Prefix(p) = &path else {
+                    unreachable!()
                 };
-                let wildcard = format!("{}/{{*rest}}", p);
-                router
-                    .route(&base, method_router.clone())
-                    .route(&wildcard, method_router)
+                let wildcard = format!("{p}/{{*rest}}");
+                // The prefix's base path, unless an exact route takes it.
+                match path.base().filter(|b| !exact.contains(*b)) {
+                    Some(base) => router
+                        .route(base, method_router.clone())
+                        .route(&wildcard, method_router),
+                    None => router.route(&wildcard, method_router),
+                }
             }
         };
     }

@@ -379,8 +379,9 @@ async fn a_plain_request_then_an_upgrade_on_one_connection_are_both_served() {
     assert_no_leak(&g).await;
 }
 
-/// A prefix route serves its base path and everything below it; a longer prefix or an
-/// exact path inside it takes its own paths (README, `[[route]] path`).
+/// A prefix route serves everything below it, and its base path unless an exact route
+/// names it; a longer prefix or an exact path inside it takes its own paths (README,
+/// `[[route]] path`).
 #[tokio::test]
 async fn the_most_specific_route_serves_a_path() {
     use futures_util::SinkExt;
@@ -401,6 +402,8 @@ async fn the_most_specific_route_serves_a_path() {
         ("/chat/*", "chat"),
         ("/chat/admin/*", "admin"),
         ("/chat/lobby", "exact"),
+        // An exact route takes the prefix's base path, as `location = /chat` in nginx.
+        ("/chat", "exact"),
     ] {
         toml.push_str(&format!(
             "[[route]]\npath = \"{path}\"\nupstream = \"{n}\"\n"
@@ -408,7 +411,7 @@ async fn the_most_specific_route_serves_a_path() {
     }
     let g = gate(&toml).await;
     for (path, want) in [
-        ("/chat", "chat"),
+        ("/chat", "exact"),
         ("/chat/room/1", "chat"),
         ("/chat/admin", "admin"),
         ("/chat/admin/x/y", "admin"),
