@@ -215,6 +215,31 @@ fn is_managed(name: &str) -> bool {
     MANAGED.iter().any(|m| m.eq_ignore_ascii_case(name))
 }
 
+/// Removes what a client may not pass to a backend though it is not hop-by-hop:
+///
+/// * the resume headers, wsgate's to set (also where resume is off: a backend that
+///   trusts them must never see a client's copy);
+/// * `reserved`: identity headers another route's `forward_claims` sets, so a route
+///   without that claim forwarding cannot carry a forged one;
+/// * every `_` alias (`X_Forwarded_For`, `X_Auth_Subject`) of those and of the headers
+///   wsgate writes itself, which CGI-style backends read as the real header
+///   ([`wsgate_layers::header_alias`]).
+///
+/// A request with none of them (nearly all) costs a few map look-ups and no allocation.
+pub(crate) fn remove_reserved(headers: &mut HeaderMap, reserved: &[HeaderName]) {
+    use crate::upstream::resume::{strip_resume_headers, RESUMED_HEADER, SESSION_HEADER};
+    strip_resume_headers(headers);
+    for name in reserved {
+        headers.remove(name);
+    }
+    wsgate_layers::header_alias::remove_underscore_aliases(headers, |n| {
+        is_managed(n)
+            || n == RESUMED_HEADER
+            || n == SESSION_HEADER
+            || reserved.iter().any(|r| r.as_str() == n)
+    });
+}
+
 /// Names listed in `Connection` are hop-by-hop for this message too.
 fn connection_listed(headers: &HeaderMap) -> Vec<String> {
     headers
@@ -319,17 +344,25 @@ pub(crate) fn upstream_headers(
     let mut ip_buf = [0u8; 48];
     let ip = ip_text(fwd.client_ip, &mut ip_buf);
     out.extend_from_slice(b"X-Forwarded-For: ");
-    match client_headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        // From a trusted proxy the chain is believed, so it is extended with the hop we
-        // saw; from anyone else it is replaced, so a client cannot forge its origin.
-        Some(chain) if fwd.trusted_peer => {
-            // Writes into a Vec cannot fail.
-            let _ = write!(out, "{chain}, {}", fwd.peer.ip());
+    // From a trusted proxy the chain is believed, so it is extended with the hop we saw;
+    // from anyone else it is replaced, so a client cannot forge its origin. Every line
+    // of the chain is kept, in order: a proxy may add its own line after its client's
+    // (HAProxy does), and the client address it wrote is in that last line.
+    let lines = client_headers.get_all("x-forwarded-for");
+    let believed = fwd.trusted_peer
+        && lines.iter().next().is_some()
+        && lines.iter().all(|v| v.to_str().is_ok());
+    if believed {
+        for (i, part) in lines.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(part.as_bytes().trim_ascii());
         }
-        _ => out.extend_from_slice(ip),
+        // Writes into a Vec cannot fail.
+        let _ = write!(out, ", {}", fwd.peer.ip());
+    } else {
+        out.extend_from_slice(ip);
     }
     out.extend_from_slice(b"\r\nX-Real-IP: ");
     out.extend_from_slice(ip);

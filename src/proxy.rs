@@ -38,13 +38,14 @@ use socket::{Held, Prepared, SocketTask};
 use crate::{
     error::{text, HandshakeRejection, UpstreamError},
     handshake::{
-        check_client, rsv_bits, upstream_head, upstream_headers, Forwarding, UpstreamAnswer,
+        check_client, remove_reserved, rsv_bits, upstream_head, upstream_headers, Forwarding,
+        UpstreamAnswer,
     },
     metrics::{Metrics, Outcome},
     relay::{frame::text_frame, RelaySettings, Signal, Stream},
     upgrade::PendingUpgrade,
     upstream::{
-        resume::{resumed_handshake, resumed_headers, strip_resume_headers, ResumeRequest},
+        resume::{resumed_handshake, resumed_headers, ResumeRequest},
         Connector, Opened,
     },
 };
@@ -89,6 +90,10 @@ pub struct RouteProxy {
     pub shared: Shared,
     /// Open sockets on this route.
     pub active: Arc<AtomicI64>,
+    /// Identity headers other routes' `forward_claims` set and this route does not: a
+    /// client's copy is removed here too, so no route passes a forged identity to a
+    /// backend that trusts the header (see `handshake::remove_reserved`).
+    pub reserved_headers: Vec<http::HeaderName>,
 }
 
 /// The axum handler for a WebSocket route.
@@ -141,6 +146,7 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
     // Parts only: the body of an upgrade request is empty, and its fields can then be
     // borrowed (headers, URI) while the extensions are taken apart, without copies.
     let (mut req, _) = req.into_parts();
+    remove_reserved(&mut req.headers, &route.reserved_headers);
     let extended_connect = req
         .extensions
         .get::<hyper::ext::Protocol>()
@@ -226,13 +232,9 @@ async fn proxy(route: &Arc<RouteProxy>, req: Request) -> (Outcome, Response) {
         host: client_host,
     };
 
-    // With resume on, the client's headers are kept for later handshakes (without any
-    // resume headers the client sent); otherwise they are only borrowed.
-    let resume_headers = route.connector.resume().map(|_| {
-        let mut h = req.headers.clone();
-        strip_resume_headers(&mut h);
-        h
-    });
+    // With resume on, the client's headers are kept for later handshakes (the resume
+    // headers it sent are gone already); otherwise they are only borrowed.
+    let resume_headers = route.connector.resume().map(|_| req.headers.clone());
     // Everything after `Host` is the same for every backend tried: built once, here.
     let rest = upstream_headers(&hs, resume_headers.as_ref().unwrap_or(&req.headers), &fwd);
     let request = |backend: &wsgate_layers::Backend| {

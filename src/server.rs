@@ -425,6 +425,7 @@ async fn build_router(
             }),
             shared: shared.clone(),
             active: Arc::new(AtomicI64::new(0)),
+            reserved_headers: reserved_headers(cfg, r),
         });
         shared.metrics.register_route(&r.path, route.active.clone());
         let method_router = route_service(
@@ -545,6 +546,29 @@ async fn route_service(
         .layer(UpstreamLayer::new(upstream))
         .service(ProxyService::new(route));
     Ok(any_service(stack))
+}
+
+/// The identity headers some route's `forward_claims` sets and route `r` does not: on
+/// `r` a client's copy is removed, so a backend that trusts the header (it is wsgate's to
+/// set) cannot be handed a forged one through a route without that claim forwarding.
+fn reserved_headers(cfg: &Config, r: &crate::config::RouteConfig) -> Vec<http::HeaderName> {
+    let names = |route: &crate::config::RouteConfig| -> Vec<http::HeaderName> {
+        route
+            .jwt
+            .iter()
+            .flat_map(|j| j.forward_claims.values())
+            // An invalid name fails the route's JWT layer at start; nothing to reserve.
+            .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect()
+    };
+    let own = names(r);
+    let mut out: Vec<http::HeaderName> = Vec::new();
+    for name in cfg.route.iter().flat_map(names) {
+        if !own.contains(&name) && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone)]

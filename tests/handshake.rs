@@ -427,3 +427,35 @@ async fn the_most_specific_route_serves_a_path() {
     assert_eq!(refused_status(&ws_url(&g, "/chatty"), &[]).await, 404);
     assert_no_leak(&g).await;
 }
+
+#[tokio::test]
+async fn a_trusted_proxys_forwarding_chain_reaches_the_backend_whole() {
+    let mut b = Backend::start(BackendOpts::named("a")).await;
+    let cfg = one_route(&[&b.url], "").replace(
+        "admin = \"127.0.0.1:0\"",
+        "admin = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]",
+    );
+    let g = gate(&cfg).await;
+    // A proxy that adds its own X-Forwarded-For line (HAProxy's `option forwardfor`)
+    // after the one its client sent: the real client is in the second line.
+    let _ws = connect_with(
+        &ws_url(&g, "/ws"),
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-request-id", "from-the-proxy"),
+        ],
+    )
+    .await
+    .unwrap();
+    let (_, h) = b.next_request().await;
+    let chain: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(chain, ["6.6.6.6, 203.0.113.7, 127.0.0.1"]);
+    assert_eq!(h["x-real-ip"], "203.0.113.7");
+    assert!(h["forwarded"]
+        .to_str()
+        .unwrap()
+        .starts_with("for=203.0.113.7;"));
+    assert_eq!(h["x-request-id"], "from-the-proxy");
+}

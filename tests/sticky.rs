@@ -268,8 +268,17 @@ async fn client_ip_keys_the_backend() {
     let g = gate(&config(&urls(&bs), r#"sticky = { by = "ip" }"#, "")).await;
     let url = ws_url(&g, "/ws");
     let (first, _) = whoami_with(&url, &[]).await;
-    for _ in 0..8 {
-        assert_eq!(whoami_with(&url, &[]).await.0, first);
+    for i in 0..8 {
+        // Forged forwarding headers from an untrusted client do not move it: with five
+        // backends, eight invented addresses would almost surely land elsewhere.
+        let ip = format!("203.0.113.{i}");
+        let fwd = format!("for={ip}");
+        let forged = [
+            ("x-forwarded-for", ip.as_str()),
+            ("x-real-ip", ip.as_str()),
+            ("forwarded", fwd.as_str()),
+        ];
+        assert_eq!(whoami_with(&url, &forged).await.0, first, "{ip}");
     }
 }
 

@@ -18,6 +18,7 @@
 //! | module | what it decides |
 //! |---|---|
 //! | [`client_ip`] | who the client is (socket peer, or a trusted proxy's forwarding headers) |
+//! | [`header_alias`] | which header names a CGI-style backend reads as one (`X_Auth_Subject` is `X-Auth-Subject`) |
 //! | [`jwt`] | whether the client holds a valid token ([`JwtAuthLayer`]); hands [`VerifiedClaims`], [`SubjectKey`], [`TokenExpiry`](jwt::TokenExpiry) and [`TokenProtocolMarker`](jwt::TokenProtocolMarker) downstream |
 //! | [`proxy_protocol`] | the client address a load balancer sends in a PROXY v1/v2 header (parser for the listener) |
 //! | [`ratelimit`] | whether the client may connect now: handshake rate per IP, connection caps, handshakes in progress, message rates |
@@ -48,6 +49,7 @@
 
 pub mod client_ip;
 mod cookie_header;
+pub mod header_alias;
 pub mod jwt;
 pub mod lease;
 pub mod proxy_protocol;

@@ -371,9 +371,15 @@ pub async fn raw_ws(addr: SocketAddr) -> TcpStream {
 /// [`raw_ws`] with `extra` header lines (each ending in `\r\n`) in the request; also
 /// returns the 101's head.
 pub async fn raw_ws_with(addr: SocketAddr, extra: &str) -> (TcpStream, String) {
+    raw_ws_at(addr, "/ws", extra).await
+}
+
+/// [`raw_ws_with`] on `path`: for header lines a WebSocket client library would not send
+/// as they are (its own `Connection`, names with `_`).
+pub async fn raw_ws_at(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {SAMPLE_KEY}\r\n{extra}\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {SAMPLE_KEY}\r\n{extra}\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     let mut b = [0u8; 1];

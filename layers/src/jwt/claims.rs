@@ -10,7 +10,7 @@ use axum::{
     extract::{FromRequestParts, OptionalFromRequestParts},
     response::IntoResponse,
 };
-use http::{request::Parts, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{header::CONNECTION, request::Parts, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use jsonwebtoken::Algorithm;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -315,15 +315,71 @@ pub(crate) struct ForwardClaims(pub(crate) Vec<(String, HeaderName)>);
 impl ForwardClaims {
     /// Removes every configured identity header (always: a client must never be able to
     /// send `X-Auth-Subject` itself), then sets them from the verified claims.
+    ///
+    /// The client's `X_Auth_Subject` goes too (a CGI-style backend reads it as the same
+    /// field, see [`header_alias`](crate::header_alias)), and so does `X-Auth-Subject`
+    /// in its `Connection` header: a proxy drops the headers listed there, which would let
+    /// the client remove the verified value on its way to the backend.
     pub(crate) fn apply(&self, headers: &mut HeaderMap, claims: &Map<String, Value>) {
+        if self.0.is_empty() {
+            return;
+        }
         for (_, h) in &self.0 {
             headers.remove(h);
         }
+        crate::header_alias::remove_underscore_aliases(headers, |n| self.names(n));
+        self.unlist_from_connection(headers);
         for (claim, h) in &self.0 {
             let Some(v) = claims.get(claim).and_then(claim_header_value) else {
                 continue;
             };
             headers.append(h.clone(), v);
+        }
+    }
+}
+
+impl ForwardClaims {
+    /// Whether `name` (lower case, `-` for `_`) is one of the identity headers.
+    fn names(&self, name: &str) -> bool {
+        self.0.iter().any(|(_, h)| h.as_str() == name)
+    }
+
+    /// Takes the identity headers (and their aliases) out of `Connection`, keeping every
+    /// other token. Nothing is rebuilt unless one is listed.
+    fn unlist_from_connection(&self, headers: &mut HeaderMap) {
+        let listed = |token: &str| {
+            self.0
+                .iter()
+                .any(|(_, h)| crate::header_alias::is_alias(h.as_str(), token.trim()))
+        };
+        let any = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(listed));
+        if !any {
+            return;
+        }
+        let kept: Vec<HeaderValue> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| {
+                let Ok(text) = v.to_str() else {
+                    return Some(v.clone());
+                };
+                let rest: Vec<&str> = text
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty() && !listed(t))
+                    .collect();
+                HeaderValue::from_str(&rest.join(", "))
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            })
+            .collect();
+        headers.remove(CONNECTION);
+        for v in kept {
+            headers.append(CONNECTION, v);
         }
     }
 }
@@ -398,6 +454,32 @@ mod tests {
         fwd.apply(&mut h, &claims);
         assert_eq!(h.get_all("x-auth-subject").iter().count(), 1);
         assert_eq!(h["x-auth-subject"], "alice");
+    }
+
+    #[test]
+    fn forwarding_removes_aliases_and_connection_listings_of_identity_headers() {
+        let fwd = ForwardClaims(vec![(
+            "sub".into(),
+            HeaderName::from_static("x-auth-subject"),
+        )]);
+        let mut h = HeaderMap::new();
+        h.insert("x_auth_subject", HeaderValue::from_static("mallory"));
+        h.insert("x_other", HeaderValue::from_static("kept"));
+        h.append(
+            CONNECTION,
+            HeaderValue::from_static("Upgrade, X-Auth-Subject, keep-alive"),
+        );
+        h.append(CONNECTION, HeaderValue::from_static("x_auth_subject"));
+        let claims = json!({"sub": "alice"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        fwd.apply(&mut h, &claims);
+        assert!(!h.contains_key("x_auth_subject"));
+        assert_eq!(h["x_other"], "kept");
+        assert_eq!(h["x-auth-subject"], "alice");
+        let conn: Vec<_> = h.get_all(CONNECTION).iter().collect();
+        assert_eq!(conn, ["Upgrade, keep-alive"]);
     }
 
     #[test]
