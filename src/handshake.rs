@@ -210,6 +210,26 @@ const MANAGED: [&str; 22] = [
     "x-request-id",
 ];
 
+/// Other headers that name the client's address, which CDNs and load balancers set and
+/// some backends and frameworks read (`True-Client-IP`, `CF-Connecting-IP` …). wsgate
+/// does not write them, so from an untrusted client they are dropped rather than
+/// replaced: a client must not choose the address a backend believes. From a trusted
+/// proxy they pass.
+const CLIENT_ADDRESS: &[&str] = &[
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-forwarded",
+    "forwarded-for",
+    "x-forwarded-port",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-url-scheme",
+];
+
 /// Whether `name` (any case) is one of the [`MANAGED`] headers.
 fn is_managed(name: &str) -> bool {
     MANAGED.iter().any(|m| m.eq_ignore_ascii_case(name))
@@ -336,6 +356,10 @@ pub(crate) fn upstream_headers(
     let listed = connection_listed(client_headers);
     for (name, value) in client_headers {
         if is_managed(name.as_str()) || listed.iter().any(|l| l == name.as_str()) {
+            continue;
+        }
+        // `HeaderName`s are lowercase, so a plain comparison.
+        if !fwd.trusted_peer && CLIENT_ADDRESS.contains(&name.as_str()) {
             continue;
         }
         line(&mut out, name.as_str(), value.as_bytes());

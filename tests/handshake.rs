@@ -53,6 +53,10 @@ async fn path_query_and_end_to_end_headers_reach_the_backend() {
             ("x-forwarded-for", "6.6.6.6"),
             ("forwarded", "for=6.6.6.6"),
             ("x-real-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
+            ("x-client-ip", "6.6.6.6"),
+            ("x-forwarded-port", "1"),
             ("keep-alive", "timeout=5"),
         ],
     )
@@ -64,6 +68,15 @@ async fn path_query_and_end_to_end_headers_reach_the_backend() {
     // An untrusted client cannot choose the IP the backend sees.
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-real-ip"], "127.0.0.1");
+    // Nor through the address headers of CDNs and balancers, which wsgate drops.
+    for name in [
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-client-ip",
+        "x-forwarded-port",
+    ] {
+        assert!(h.get(name).is_none(), "{name} reached the backend");
+    }
     assert!(h["forwarded"]
         .to_str()
         .unwrap()
@@ -445,6 +458,7 @@ async fn a_trusted_proxys_forwarding_chain_reaches_the_backend_whole() {
             ("x-forwarded-for", "203.0.113.7"),
             ("x-real-ip", "6.6.6.6"),
             ("x-request-id", "from-the-proxy"),
+            ("true-client-ip", "203.0.113.7"),
         ],
     )
     .await
@@ -458,4 +472,6 @@ async fn a_trusted_proxys_forwarding_chain_reaches_the_backend_whole() {
         .unwrap()
         .starts_with("for=203.0.113.7;"));
     assert_eq!(h["x-request-id"], "from-the-proxy");
+    // A trusted proxy's other address headers pass.
+    assert_eq!(h["true-client-ip"], "203.0.113.7");
 }
