@@ -498,7 +498,7 @@ fn check_reads_the_files_the_config_names() {
 #[test]
 fn every_kind_of_mistake_names_the_key() {
     let dir = ContractDir::new();
-    let route2 = "max_connections_per_ip = 100\n\n[[route]]\npath = \"/ws/*\"\nupstream = \"echo\"";
+    let route2 = "max_connections_per_ip = 100\n\n[[route]]\npath = \"/ws\"\nupstream = \"echo\"";
     let cases: &[(&str, &str, &str)] = &[
         ("admin =", "admn =", "server.admn (line 4)"),
         ("[server]", "[sever]", "sever (line 2)"),
@@ -627,7 +627,9 @@ fn claim_stickiness_on_a_route_without_jwt_is_refused() {
     );
 }
 
-/// Routes that would serve the same path used to make the router panic at start.
+/// Two routes with one path stop start with a message naming both, not a panic; an
+/// exact path beside a prefix with that base is not a clash (the exact route takes it;
+/// `tests/handshake.rs` serves both).
 #[test]
 fn overlapping_routes_stop_start_with_a_message_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
@@ -635,7 +637,7 @@ fn overlapping_routes_stop_start_with_a_message_not_a_panic() {
     std::fs::write(
         &file,
         "[server]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nname = \"e\"\nbackends = [\"ws://127.0.0.1:9\"]\n\
-         [[route]]\npath = \"/ws\"\nupstream = \"e\"\n[[route]]\npath = \"/ws/*\"\nupstream = \"e\"\n",
+         [[route]]\npath = \"/ws/*\"\nupstream = \"e\"\n[[route]]\npath = \"/ws/*\"\nupstream = \"e\"\n",
     )
     .unwrap();
     let out = wsgate()
@@ -649,6 +651,22 @@ fn overlapping_routes_stop_start_with_a_message_not_a_panic() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+    for (a, b) in [("/ws", "/ws/*"), ("/", "/*")] {
+        std::fs::write(
+            &file,
+            format!(
+                "[[upstream]]\nname = \"e\"\nbackends = [\"ws://127.0.0.1:9\"]\n\
+                 [[route]]\npath = \"{a}\"\nupstream = \"e\"\n\
+                 [[route]]\npath = \"{b}\"\nupstream = \"e\"\n"
+            ),
+        )
+        .unwrap();
+        let out = wsgate()
+            .args(["--config", file.to_str().unwrap(), "--check"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{a} + {b}: {}", stderr(&out));
+    }
 }
 
 /// Quick-mode flags are refused next to a file (they would be ignored) or without a

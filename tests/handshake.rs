@@ -475,3 +475,32 @@ async fn a_trusted_proxys_forwarding_chain_reaches_the_backend_whole() {
     // A trusted proxy's other address headers pass.
     assert_eq!(h["true-client-ip"], "203.0.113.7");
 }
+
+/// `/` exact beside the catch-all `/*`: the exact route takes `/`, the prefix the rest.
+#[tokio::test]
+async fn an_exact_root_beside_the_catch_all_prefix_serves_both() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let root = Backend::start(BackendOpts::named("root")).await;
+    let all = Backend::start(BackendOpts::named("all")).await;
+    let g = gate(&format!(
+        "[server]\nlisten = \"{{LISTEN}}\"\nshutdown_timeout = \"200ms\"\n\
+         [[upstream]]\nname = \"root\"\nbackends = [\"{}\"]\n\
+         [[upstream]]\nname = \"all\"\nbackends = [\"{}\"]\n\
+         [[route]]\npath = \"/*\"\nupstream = \"all\"\n\
+         [[route]]\npath = \"/\"\nupstream = \"root\"\n",
+        root.url, all.url
+    ))
+    .await;
+    for (path, want) in [("/", "root"), ("/x", "all"), ("/x/y", "all")] {
+        let mut ws = connect(&ws_url(&g, path)).await;
+        ws.send(Message::text("whoami")).await.unwrap();
+        assert_eq!(
+            recv(&mut ws).await.into_text().unwrap().as_str(),
+            want,
+            "{path}"
+        );
+        ws.close(None).await.unwrap();
+    }
+    assert_no_leak(&g).await;
+}
