@@ -39,15 +39,22 @@ forward_claims = {{ sub = "X-Auth-Subject" }}
     )
 }
 
-#[tokio::test]
-async fn jwt_route_refuses_without_token_and_forwards_identity_not_token() {
-    let (_dir, secret) = hs256_secret_file();
-    let mut b = Backend::start(BackendOpts::named("a")).await;
+/// An HS256 backend `a` behind one JWT route (`/ws`, forwarding `sub`); the secret's
+/// directory lives as long as the first value.
+async fn jwt_gate() -> (tempfile::TempDir, Backend, wsgate::server::Running) {
+    let (dir, secret) = hs256_secret_file();
+    let b = Backend::start(BackendOpts::named("a")).await;
     let g = gate(&one_route(
         &[&b.url],
         &jwt_route(secret.to_str().unwrap(), ""),
     ))
     .await;
+    (dir, b, g)
+}
+
+#[tokio::test]
+async fn jwt_route_refuses_without_token_and_forwards_identity_not_token() {
+    let (_dir, mut b, g) = jwt_gate().await;
     let url = ws_url(&g, "/ws");
     assert_eq!(refused_status(&url, &[]).await, 401);
     assert_eq!(
@@ -80,13 +87,7 @@ async fn jwt_route_refuses_without_token_and_forwards_identity_not_token() {
 
 #[tokio::test]
 async fn socket_is_closed_with_4401_when_the_token_expires() {
-    let (_dir, secret) = hs256_secret_file();
-    let b = Backend::start(BackendOpts::named("a")).await;
-    let g = gate(&one_route(
-        &[&b.url],
-        &jwt_route(secret.to_str().unwrap(), ""),
-    ))
-    .await;
+    let (_dir, _b, g) = jwt_gate().await;
     let t = token("bob", now() + 2);
     let auth = format!("Bearer {t}");
     let (mut ws, _) = connect_with(&ws_url(&g, "/ws"), &[("authorization", &auth)])
@@ -566,14 +567,8 @@ async fn the_token_is_removed_from_every_source_the_backend_could_read() {
 
 #[tokio::test]
 async fn identity_headers_cannot_be_forged_aliased_or_unlisted_on_any_route() {
-    let (_dir, secret) = hs256_secret_file();
-    let mut b = Backend::start(BackendOpts::named("a")).await;
+    let (_dir, mut b, g) = jwt_gate().await;
     // `/ws` forwards the verified sub; `/app/*` on the same backend is open.
-    let g = gate(&one_route(
-        &[&b.url],
-        &jwt_route(secret.to_str().unwrap(), ""),
-    ))
-    .await;
     // Raw header lines: a client library sends neither its own `Connection` nor `_` names.
     let forged = "X-AUTH-SUBJECT: mallory\r\n\
         x-auth-subject: eve\r\n\

@@ -83,12 +83,7 @@ enum Answer {
 fn a_burst_beyond_the_descriptor_limit_gets_503s_not_502s_or_silence() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let backend = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(wsgate::demo::echo_backend(l, "b".into(), stop.clone()));
-        addr
-    });
+    let backend = echo_on(&rt, &stop);
     let log = Arc::new(Mutex::new(String::new()));
     let (mut child, port, limit) = spawn_limited(256, backend, log.clone());
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

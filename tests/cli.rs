@@ -1,6 +1,10 @@
 //! The `wsgate` binary as a user runs it.
 
+mod support;
+
 use std::process::Command;
+
+use support::echo_on;
 
 fn wsgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wsgate"))
@@ -158,12 +162,7 @@ fn one_thread_relays_and_exits_cleanly_on_sigterm() {
     use tokio_tungstenite::tungstenite::Message;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let backend = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(wsgate::demo::echo_backend(l, "b".into(), stop.clone()));
-        addr
-    });
+    let backend = echo_on(&rt, &stop);
     let (mut child, port) = spawn_quick(backend, &["--threads", "1"]);
     rt.block_on(async {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
@@ -195,14 +194,9 @@ fn one_thread_relays_and_exits_cleanly_on_sigterm() {
 fn second_signal_exits_at_once() {
     use std::time::{Duration, Instant};
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let backend = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(wsgate::demo::echo_backend(l, "b".into(), stop.clone()));
-        (addr, stop)
-    });
-    let (mut child, port) = spawn_quick(backend.0, &[]);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let backend = echo_on(&rt, &stop);
+    let (mut child, port) = spawn_quick(backend, &[]);
     let ws = rt
         .block_on(tokio_tungstenite::connect_async(format!(
             "ws://127.0.0.1:{port}/ws"
@@ -238,7 +232,7 @@ fn second_signal_exits_at_once() {
     };
     assert_eq!(status.code(), Some(130));
     drop(ws);
-    backend.1.cancel();
+    stop.cancel();
 }
 
 /// The TOML block of the configuration contract (/work/shared/CONFIG.md), verbatim.

@@ -75,28 +75,14 @@ async fn cookie_is_set_on_the_101_and_keeps_the_client_on_its_backend() {
     ))
     .await;
     let url = ws_url(&g, "/ws");
-    let mut spread = HashSet::new();
-    for _ in 0..8 {
-        let (first, set) = whoami_with(&url, &[]).await;
-        let set = set.expect("the 101 carries Set-Cookie");
+    for set in sessions_stick_by_cookie(&url, 8, 5).await {
         assert!(set.starts_with("wsgate_sticky="), "{set}");
         assert!(set.contains("HttpOnly"), "{set}");
         // The value names no backend.
         for b in &bs {
             assert!(!set.contains(&b.addr.port().to_string()), "{set}");
         }
-        let cookie = cookie_pair(&set);
-        for _ in 0..5 {
-            let (again, set_again) = whoami_with(&url, &[("cookie", &cookie)]).await;
-            assert_eq!(again, first, "same cookie, same backend");
-            assert!(set_again.is_none(), "a valid cookie is not replaced");
-        }
-        spread.insert(first);
     }
-    assert!(
-        spread.len() >= 2,
-        "sessions spread over backends: {spread:?}"
-    );
     // The backend does not see wsgate's cookie, but sees the client's others.
     let (_, set) = whoami_with(&url, &[]).await;
     let cookie = format!("{}; app=1", cookie_pair(&set.unwrap()));
@@ -166,6 +152,31 @@ async fn sticky_cookie_next_to_a_non_ascii_cookie_keeps_the_backend_and_is_not_f
     assert_no_leak(&g).await;
 }
 
+/// Opens `sessions` new sessions on `url`, each coming back `repeats` times with its
+/// cookie: the same backend every time, the cookie never replaced, and the sessions
+/// spread over at least two backends. Returns each session's `Set-Cookie`.
+async fn sessions_stick_by_cookie(url: &str, sessions: usize, repeats: usize) -> Vec<String> {
+    let mut spread = HashSet::new();
+    let mut sets = Vec::new();
+    for _ in 0..sessions {
+        let (first, set) = whoami_with(url, &[]).await;
+        let set = set.expect("the 101 carries Set-Cookie");
+        let cookie = cookie_pair(&set);
+        for _ in 0..repeats {
+            let (again, set_again) = whoami_with(url, &[("cookie", &cookie)]).await;
+            assert_eq!(again, first, "same cookie, same backend");
+            assert!(set_again.is_none(), "a valid cookie is not replaced");
+        }
+        spread.insert(first);
+        sets.push(set);
+    }
+    assert!(
+        spread.len() >= 2,
+        "sessions spread over backends: {spread:?}"
+    );
+    sets
+}
+
 /// `sticky = { by = "cookie" }`, as the config contract writes it, works: without a
 /// configured secret the cookies are signed with one of this process.
 #[tokio::test]
@@ -173,21 +184,7 @@ async fn cookie_without_a_configured_secret_keeps_clients_with_a_per_process_one
     let bs = five().await;
     let g = gate(&config(&urls(&bs), r#"sticky = { by = "cookie" }"#, "")).await;
     let url = ws_url(&g, "/ws");
-    let mut spread = HashSet::new();
-    for _ in 0..6 {
-        let (first, set) = whoami_with(&url, &[]).await;
-        let cookie = cookie_pair(&set.expect("the 101 carries Set-Cookie"));
-        for _ in 0..3 {
-            let (again, set_again) = whoami_with(&url, &[("cookie", &cookie)]).await;
-            assert_eq!(again, first, "same cookie, same backend");
-            assert!(set_again.is_none(), "a valid cookie is not replaced");
-        }
-        spread.insert(first);
-    }
-    assert!(
-        spread.len() >= 2,
-        "sessions spread over backends: {spread:?}"
-    );
+    sessions_stick_by_cookie(&url, 6, 3).await;
     // A cookie signed by another process (another secret) is not believed.
     let other = gate(&config(&urls(&bs), r#"sticky = { by = "cookie" }"#, "")).await;
     let (_, set) = whoami_with(&ws_url(&other, "/ws"), &[]).await;

@@ -534,3 +534,14 @@ pub fn hs256_token(secret: &str, sub: &str) -> String {
     )
     .unwrap()
 }
+
+/// `wsgate echo`'s backend on a free loopback port, running on `rt` until `stop`: for
+/// tests that drive the `wsgate` binary from a plain `#[test]`.
+pub fn echo_on(rt: &tokio::runtime::Runtime, stop: &CancellationToken) -> SocketAddr {
+    rt.block_on(async {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(wsgate::demo::echo_backend(l, "b".into(), stop.clone()));
+        addr
+    })
+}
