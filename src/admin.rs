@@ -49,11 +49,16 @@ pub(crate) fn router(
         })
 }
 
+/// 503 while draining, and while wsgate is at its connection limit (a new client would
+/// get 503), so a balancer in front sends new clients to another instance; open sockets
+/// are not affected.
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    if !s.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if s.metrics.capacity.full() {
+        (StatusCode::SERVICE_UNAVAILABLE, "at the connection limit\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 

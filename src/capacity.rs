@@ -143,6 +143,11 @@ impl Capacity {
         self.in_use() > self.limit.load(SeqCst)
     }
 
+    /// Whether a new connection would be refused now (`/readyz` says so).
+    pub fn full(&self) -> bool {
+        self.in_use() >= self.limit.load(SeqCst)
+    }
+
     fn has_room(&self) -> bool {
         self.in_use() < self.limit.load(SeqCst).saturating_add(LANE)
     }

@@ -283,6 +283,10 @@ async fn build_router(
     let mut connectors = Vec::new();
     let mut stickies = Vec::new();
     for u in &cfg.upstream {
+        // Health-checked and pooled all the same, so most likely a typo in a route.
+        if !cfg.route.iter().any(|r| r.upstream == u.name) {
+            warn!(upstream = %u.name, "no route uses this upstream");
+        }
         let policy: Policy =
             u.policy
                 .parse()

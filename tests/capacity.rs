@@ -173,6 +173,21 @@ async fn burst(port: u16, limit: usize) {
     }
 }
 
+/// The status code of a GET on the admin listener.
+async fn admin_get(g: &wsgate::server::Running, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(g.admin.unwrap())
+        .await
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn with_limit(toml: String, n: usize) -> String {
     toml.replacen(
         "[server]\n",
@@ -222,6 +237,8 @@ async fn max_connections_answers_503_closes_and_admits_again_after_a_close() {
         text.contains("wsgate_handshakes_total{outcome=\"overloaded\"} 2\n"),
         "{text}"
     );
+    // Readiness says so, so a balancer sends new clients elsewhere.
+    assert_eq!(admin_get(&g, "/readyz").await, "503");
     // The sockets still relay.
     second.send(Message::text("still here")).await.unwrap();
     assert_eq!(recv(&mut second).await, Message::text("still here"));
@@ -230,6 +247,7 @@ async fn max_connections_answers_503_closes_and_admits_again_after_a_close() {
         g.metrics.capacity.in_use() == 1
     })
     .await;
+    assert_eq!(admin_get(&g, "/readyz").await, "200");
     let mut third = connect(&url).await;
     third.send(Message::text("in")).await.unwrap();
     assert_eq!(recv(&mut third).await, Message::text("in"));
@@ -259,28 +277,15 @@ fn a_limit_beyond_the_open_file_limit_is_named_in_a_warning() {
         .replace("{LISTEN}", "127.0.0.1:0")
         .replace("admin = \"127.0.0.1:0\"\n", "");
     std::fs::write(&path, toml).unwrap();
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_wsgate"))
         .arg("--config")
-        .arg(&path)
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut warned = None;
-    for line in err.lines().map_while(Result::ok) {
-        if line.contains("proxying WebSockets") {
-            break;
-        }
-        if line.contains("server.max_connections needs more descriptors") {
-            warned = Some(line);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+        .arg(&path);
+    let warned = startup_lines(cmd)
+        .into_iter()
+        .find(|l| l.contains("server.max_connections needs more descriptors"));
     let line = warned.expect("no warning naming server.max_connections");
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("open_file_limit=256"), "{line}");

@@ -4,7 +4,7 @@ mod support;
 
 use std::process::Command;
 
-use support::echo_on;
+use support::{echo_on, startup_lines};
 
 fn wsgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wsgate"))
@@ -713,4 +713,28 @@ fn quick_mode_flags_are_checked_and_named() {
     // A usage error (clap) exits 2.
     let out = wsgate().args(["--config"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// An upstream no route uses is started (health checks, pool) but named in a warning:
+/// most likely a typo in a route's `upstream`.
+#[test]
+fn an_upstream_no_route_uses_is_named_in_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsgate.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\
+         [[upstream]]\nname = \"used\"\nbackends = [\"ws://127.0.0.1:9\"]\n\
+         [[upstream]]\nname = \"spare\"\nbackends = [\"ws://127.0.0.1:9\"]\n\
+         [[route]]\npath = \"/ws\"\nupstream = \"used\"\n",
+    )
+    .unwrap();
+    let mut cmd = wsgate();
+    cmd.args(["--config", file.to_str().unwrap()]);
+    let warnings: Vec<_> = startup_lines(cmd)
+        .into_iter()
+        .filter(|l| l.contains("no route uses this upstream"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("upstream=spare"), "{warnings:?}");
 }

@@ -545,3 +545,23 @@ pub fn echo_on(rt: &tokio::runtime::Runtime, stop: &CancellationToken) -> Socket
         addr
     })
 }
+
+/// Runs `cmd` (the `wsgate` binary, or a shell that execs it) until its listener line
+/// and returns the log lines it wrote before it, then stops it.
+pub fn startup_lines(mut cmd: std::process::Command) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let lines = err
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|l| !l.contains("proxying WebSockets"))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
