@@ -748,18 +748,9 @@ impl RoutePath {
         }
     }
 
-    /// The paths the router registers for it, each with whether it yields to an exact
-    /// route: a prefix serves its base path too, unless an exact route names it (as
-    /// nginx's `location = /ws` wins over `location /ws/`).
-    fn served(&self) -> Vec<(String, bool)> {
-        match self {
-            Self::Exact(p) => vec![(p.clone(), false)],
-            Self::Prefix(p) if p.is_empty() => vec![("/".into(), true), ("/*".into(), false)],
-            Self::Prefix(p) => vec![(p.clone(), true), (format!("{p}/*"), false)],
-        }
-    }
-
-    /// The base path a prefix serves when no exact route names it.
+    /// The base path a prefix also serves (`/chat` for `/chat/*`, `/` for `/*`), unless
+    /// an exact route names it: `location = /chat` wins over `location /chat/` in nginx
+    /// too, so the two are not a clash.
     pub fn base(&self) -> Option<&str> {
         match self {
             Self::Exact(_) => None,
@@ -1014,29 +1005,22 @@ impl Config {
                 return Err(err(k("connect_timeout"), "must be more than 0".into()));
             }
         }
-        // Path → (route, whether it yields to an exact route).
-        let mut served: BTreeMap<String, (usize, bool)> = BTreeMap::new();
+        // Two routes clash only on the same path; an exact one beside a prefix with that
+        // base is not a clash (`RoutePath::base`).
+        let mut paths: Vec<RoutePath> = Vec::with_capacity(self.route.len());
         for (i, r) in self.route.iter().enumerate() {
             let k = |s: &str| format!("route[{i}].{s}");
             let path = RoutePath::parse(&r.path).map_err(|m| err(k("path"), m))?;
-            for (p, weak) in path.served() {
-                let clash = match served.get(&p) {
-                    Some(&(prev, prev_weak)) if prev_weak == weak => Some(prev),
-                    _ => None,
-                };
-                if served.get(&p).is_none_or(|&(_, prev_weak)| prev_weak) {
-                    served.insert(p.clone(), (i, weak));
-                }
-                if let Some(prev) = clash {
-                    return Err(err(
-                        k("path"),
-                        format!(
-                            "`{}` serves `{p}`, which route[{prev}] (`{}`) serves already",
-                            r.path, self.route[prev].path
-                        ),
-                    ));
-                }
+            if let Some(prev) = paths.iter().position(|p| *p == path) {
+                return Err(err(
+                    k("path"),
+                    format!(
+                        "`{}` is also route[{prev}]'s path (`{}`)",
+                        r.path, self.route[prev].path
+                    ),
+                ));
             }
+            paths.push(path);
             if !names.contains(r.upstream.as_str()) {
                 return Err(err(
                     k("upstream"),

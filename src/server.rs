@@ -441,20 +441,20 @@ async fn build_router(
             shared,
         )
         .await?;
-        router = match Config::route_path(r) {
+        let path = Config::route_path(r);
+        // A prefix serves its base path too, unless an exact route takes it.
+        let base = path
+            .base()
+            .filter(|b| !exact.contains(*b))
+            .map(str::to_owned);
+        router = match path {
             RoutePath::Exact(p) => router.route(&p, method_router),
-            path @ RoutePath::Prefix(_) => {
-                let RoutePath::Prefix(p) = &path else {
-                    unreachable!()
+            RoutePath::Prefix(p) => {
+                let router = match base {
+                    Some(base) => router.route(&base, method_router.clone()),
+                    None => router,
                 };
-                let wildcard = format!("{p}/{{*rest}}");
-                // The prefix's base path, unless an exact route takes it.
-                match path.base().filter(|b| !exact.contains(*b)) {
-                    Some(base) => router
-                        .route(base, method_router.clone())
-                        .route(&wildcard, method_router),
-                    None => router.route(&wildcard, method_router),
-                }
+                router.route(&format!("{p}/{{*rest}}"), method_router)
             }
         };
     }
