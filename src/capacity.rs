@@ -209,7 +209,9 @@ impl Drop for ClientConnection {
 }
 
 /// Answers 503 (`Retry-After: 1`, `Connection: close`) to every request while wsgate
-/// is beyond its connection limit; outermost in every route's stack.
+/// is beyond its connection limit. In every route's stack it sits just inside the
+/// refusal counter (so these refusals are counted, as `overloaded`) and before the
+/// rate limit and JWT check (so a full wsgate spends nothing on them).
 #[derive(Debug, Clone)]
 pub struct CapacityLayer {
     metrics: Arc<Metrics>,
