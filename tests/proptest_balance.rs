@@ -155,10 +155,13 @@ proptest! {
         for (b, w) in all.iter().zip(&weights) {
             prop_assert_eq!(counts.get(&b.id()).copied().unwrap_or(0), *w as usize * cycles,
                 "weights {:?}", weights);
-            // Smooth: a backend of weight w is never starved for much longer than
-            // total / w picks (nginx's order spreads picks out).
+            // Smooth: a backend of weight w waits fewer than 2 × total / w picks for
+            // its next turn. That is nginx's smooth order's own bound (its gaps reach
+            // 1.94 × total / w, e.g. 44 picks for weight 2 of 71 in
+            // [14, 15, 14, 11, 12, 2, 3] across a cycle boundary); an order in blocks
+            // breaks it for every heavy backend.
             if let Some(g) = longest_gap.get(&b.id()) {
-                prop_assert!(*g <= (total / *w) as usize + 1 + weights.len(),
+                prop_assert!(*g * (*w as usize) < 2 * total as usize,
                     "weight {w} of {total} waited {g} picks; weights {:?}", weights);
             }
         }
